@@ -1,0 +1,5 @@
+"""`python -m sidpipe.cli`."""
+
+from . import main
+
+main()

@@ -1,0 +1,148 @@
+"""One home for every default: a frozen config, YAML presets, and strict `key=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+# Presets live in the repository's configs/ folder (next to pipeline/).
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides what `sidpipe run` computes. Precedence: CLI > preset > these defaults."""
+
+    # Patches and the closed-form denoiser (paper Sec. 3.1, 3.6).
+    patch_size: int = 15          # p: patches are p x p, d = C*p*p
+    rho: float = 0.2              # fold window std on patch coords in [-1, 1]; inf = uniform average
+    fold_truncate: float = 3.0    # the fold window is cut at this many stds (radius in px = floor(truncate*rho*(p-1)/2))
+    # Sampling (Alg. 1-2).
+    steps: int = 10               # T, flow-matching steps per scale
+    eta: float = 0.0              # 0 = deterministic DDIM, 1 = fully stochastic
+    blend_last_step: bool = False # the paper omits the two-scale blend on the last denoiser call
+    # Pyramid (Alg. 2).
+    num_scales: int = 0           # 0 = auto: coarsest reference short side ~= coarsest_ratio * p
+    coarsest_ratio: float = 1.7   # target coarsest short side / p when num_scales = 0
+    scale_factor: float = 2.0     # size ratio between neighbouring scales
+    # Compute.
+    precision: str = "auto"       # auto | bf16 | fp32: dtype of the denoiser's matrix products
+    index: str = "exact"          # auto | exact | ivf
+    device: str = "auto"          # auto | cpu | cuda
+    query_block: int = 16         # queries are batched in fixed blocks of query_block^2 patch positions
+    # Output.
+    seed: int = 0                 # sample k uses seed + k
+    samples: int = 1
+    width: int = 0                # 0 = reference width (with height 0: reference size)
+    height: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.patch_size >= 3 and self.patch_size % 2 == 1, "patch_size must be an odd integer >= 3")
+        _check(self.rho > 0, "rho must be > 0 (use inf for a uniform fold)")
+        _check(self.fold_truncate > 0, "fold_truncate must be > 0")
+        _check(self.steps >= 1, "steps must be >= 1")
+        _check(0.0 <= self.eta <= 1.0, "eta must be in [0, 1]")
+        _check(self.num_scales >= 0, "num_scales must be >= 0 (0 = auto)")
+        _check(self.coarsest_ratio > 0, "coarsest_ratio must be > 0")
+        _check(self.scale_factor > 1.0, "scale_factor must be > 1")
+        _check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
+        _check(self.index in ("auto", "exact", "ivf"), "index must be auto, exact or ivf")
+        _check(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
+        _check(self.query_block >= 1, "query_block must be >= 1")
+        _check(self.samples >= 1, "samples must be >= 1")
+        _check(self.seed >= 0, "seed must be >= 0")
+        _check(self.width >= 0 and self.height >= 0, "width and height must be >= 0")
+
+    def replace(self, **changes: Any) -> Config:
+        """Return a copy with `changes` applied; unknown keys or wrong types raise ConfigError."""
+        known = {f.name: f for f in fields(self)}
+        clean = {}
+        for key, value in changes.items():
+            if key not in known:
+                raise ConfigError(f"unknown config key: {key!r} (known: {', '.join(sorted(known))})")
+            clean[key] = _coerce(key, value, type(getattr(self, key)))
+        try:
+            return dataclasses.replace(self, **clean)
+        except TypeError as exc:  # pragma: no cover - guarded by the checks above
+            raise ConfigError(str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert `value` (possibly a string from --set) to the type of the default; refuse mismatches."""
+    if isinstance(value, str) and kind is not str:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text in ("1", "true", "yes", "on"):
+                    return True
+                if text in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if kind is int:
+                return int(text)
+            if kind is float:
+                return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected bool, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    """Read a preset by name (configs/NAME.yaml) or by path; returns its key/value mapping."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name_or_path!r} (available: {', '.join(preset_names())})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"preset {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {path} must be a mapping of config keys")
+    data.pop("description", None)
+    return {k: (math.inf if v in ("inf", ".inf") else v) for k, v in data.items()}
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """Parse `--set key=value` strings (values stay strings; Config.replace converts them)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config(preset: str = "default", overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the preset, then overrides (CLI), each checked key by key."""
+    cfg = Config().replace(**load_preset(preset))
+    return cfg.replace(**(overrides or {}))

@@ -1,0 +1,13 @@
+"""Exceptions that carry a message meant for the user (the CLI prints it and exits non-zero)."""
+
+
+class SidpipeError(Exception):
+    """Base class: a problem with the user's input or configuration, not a bug."""
+
+
+class ImageError(SidpipeError):
+    """An input image is missing, unreadable, or unusable (too small, wrong shape)."""
+
+
+class ConfigError(SidpipeError):
+    """An unknown preset, unknown config key, or a value of the wrong type or range."""
