@@ -36,7 +36,7 @@ class Config:
     precision: str = "auto"       # auto | bf16 | fp32: dtype of the denoiser's matrix products
     index: str = "exact"          # auto | exact | ivf
     device: str = "auto"          # auto | cpu | cuda
-    query_block: int = 16         # queries are batched in fixed blocks of query_block^2 patch positions
+    query_block: int = 32         # queries are batched in fixed blocks of query_block^2 patch positions
     # Output.
     seed: int = 0                 # sample k uses seed + k
     samples: int = 1
