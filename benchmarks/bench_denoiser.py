@@ -4,8 +4,8 @@ Usage: python benchmarks/bench_denoiser.py REFERENCE [--samples-configs paper-ta
 
 Figures printed, all measured in this run on this machine:
   * plain matmul GFLOP/s, fp32 and bf16, at the denoiser's shape (query block x N keys x d);
-  * one exact denoiser call at the finest scale: seconds and effective GFLOP/s (2 * Nq * Nk * (d + dv),
-    both products counted) for fp32 and bf16 products, and the ratio to the same-dtype matmul;
+  * one exact denoiser call at the finest scale: seconds and effective GFLOP/s (2 * Nq * Nk * (d + dv + 1),
+    both products counted, from denoise.flops_per_call) for fp32 and bf16 products, and the ratio to the same-dtype matmul;
   * seconds per sample (whole coarse-to-fine run) for each named preset.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sidpipe.config import load_config
-from sidpipe.denoise import PatchDenoiser
+from sidpipe.denoise import PatchDenoiser, flops_per_call
 from sidpipe.io.read import load_image
 from sidpipe.patches import patch_grid, window_radius
 from sidpipe.runner import generate, make_plan
@@ -68,7 +68,7 @@ def main() -> None:
         print(f"matmul {name}: {block} x {n} x {d}: {g:7.1f} GFLOP/s")
 
     x = 0.7 * ref.flip(-1) + 0.3 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
-    flops = 2.0 * n * n * (d + dv)
+    flops = flops_per_call(n, n, c, p, r)
     for prec in ("fp32", "bf16"):
         den = PatchDenoiser(ref, patch_size=p, rho=cfg.rho, truncate=cfg.fold_truncate, precision=prec,
                             query_block=cfg.query_block)
