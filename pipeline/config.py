@@ -34,7 +34,17 @@ class Config:
     scale_factor: float = 2.0     # size ratio between neighbouring scales
     # Compute.
     precision: str = "auto"       # auto | bf16 | fp32: dtype of the denoiser's matrix products
-    index: str = "exact"          # auto | exact | ivf
+    index: str = "auto"           # auto | exact | ivf (auto: exact below ivf_threshold patches, IVF above)
+    index_scales: str = ""        # per-scale override, finest first, e.g. "ivf,ivf,exact" (missing = index)
+    ivf_threshold: int = 0        # auto switches to IVF at this many reference patches (0 = device default)
+    knn: int = 5                  # k: neighbours the IVF denoiser's softmax runs over
+    nlist: int = 0                # IVF cells (0 = sqrt(N))
+    nprobe: int = 4               # IVF cells visited per query
+    pca: int = 0                  # PCA pre-transform of IVF descriptors to this many dims (0 = off)
+    pq: int = 0                   # IVF-PQ sub-quantizers (0 = IVF-Flat)
+    train_factor: int = 64        # IVF training points per cell
+    query_stride: int = 1         # denoise every s-th patch position (1 = all, as in the paper)
+    dataset_stride: int = 1       # index every s-th reference patch (IVF only)
     device: str = "auto"          # auto | cpu | cuda
     query_block: int = 32         # queries are batched in fixed blocks of query_block^2 patch positions
     # Output.
@@ -54,11 +64,23 @@ class Config:
         _check(self.scale_factor > 1.0, "scale_factor must be > 1")
         _check(self.precision in ("auto", "bf16", "fp32"), "precision must be auto, bf16 or fp32")
         _check(self.index in ("auto", "exact", "ivf"), "index must be auto, exact or ivf")
+        _check(all(k in ("auto", "exact", "ivf") for k in self.scale_indexes()),
+               "index_scales must be a comma list of auto, exact or ivf")
+        _check(self.ivf_threshold >= 0, "ivf_threshold must be >= 0 (0 = device default)")
+        _check(self.knn >= 1, "knn must be >= 1")
+        _check(self.nlist >= 0 and self.nprobe >= 1, "nlist must be >= 0 and nprobe >= 1")
+        _check(self.pca >= 0 and self.pq >= 0, "pca and pq must be >= 0 (0 = off)")
+        _check(self.train_factor >= 1, "train_factor must be >= 1")
+        _check(self.query_stride >= 1 and self.dataset_stride >= 1, "query_stride and dataset_stride must be >= 1")
         _check(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
         _check(self.query_block >= 1, "query_block must be >= 1")
         _check(self.samples >= 1, "samples must be >= 1")
         _check(self.seed >= 0, "seed must be >= 0")
         _check(self.width >= 0 and self.height >= 0, "width and height must be >= 0")
+
+    def scale_indexes(self) -> list[str]:
+        """The per-scale index kinds of `index_scales` (finest first); empty when not set."""
+        return [k.strip() for k in self.index_scales.split(",")] if self.index_scales.strip() else []
 
     def replace(self, **changes: Any) -> Config:
         """Return a copy with `changes` applied; unknown keys or wrong types raise ConfigError."""

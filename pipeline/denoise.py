@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .patches import band_rows, border_band, fold, patch_grid, unfold, window_radius
+from .patches import Folder, band_rows, border_band, patch_grid, query_positions, unfold, window_radius
 
 
 def naive_patch_denoise(queries: torch.Tensor, keys: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
@@ -45,17 +45,102 @@ def naive_patch_denoise(queries: torch.Tensor, keys: torch.Tensor, alpha: float,
     return out
 
 
-class PatchDenoiser:
-    """The reference patch set Y_s of one scale, prepared for the closed-form image denoiser.
+class ImageDenoiser:
+    """IMGDENOISE (Alg. 1) around a patch-level estimator: unfold queries in fixed blocks, fold back.
+
+    Queries are the patch positions of x on a global grid (every position, or every `query_stride`-th
+    plus the last row/column), taken in blocks of `query_block` x `query_block` positions. Each block is
+    estimated and folded on its own (`patches.Folder`), so memory is O(image) and a query's arithmetic
+    never depends on what else is denoised. Subclasses implement `_estimate`.
 
     Args:
         reference: (C, H, W) float32 reference image at this scale, H and W >= patch_size.
-        patch_size: p.
-        rho, truncate: fold window std and truncation (see `patches.window_radius`).
+        patch_size, rho, truncate: patch size and fold window (see `patches.window_radius`).
+        query_block: block side in patch positions.
+        query_stride: denoise every s-th patch position (1 = all, as in the paper).
+    """
+
+    fold_dtype = torch.float32
+
+    def __init__(self, reference: torch.Tensor, *, patch_size: int = 15, rho: float = 0.2, truncate: float = 3.0,
+                 query_block: int = 32, query_stride: int = 1) -> None:
+        c, h, w = reference.shape
+        if h < patch_size or w < patch_size:
+            raise ValueError(f"reference {h}x{w} is smaller than the patch size {patch_size}")
+        if query_stride < 1:
+            raise ValueError("query_stride must be >= 1")
+        self.p, self.rho, self.block, self.stride = patch_size, rho, query_block, query_stride
+        self.channels = c
+        self.radius = window_radius(patch_size, rho, truncate)
+        self.band = border_band(patch_size, self.radius)
+        lo, hi = patch_size // 2 - self.radius, patch_size // 2 + self.radius + 1
+        box = torch.zeros(c, patch_size, patch_size, dtype=torch.bool)
+        box[:, lo:hi, lo:hi] = True
+        self.box_columns = box.reshape(-1).nonzero()[:, 0]  # columns of a flat patch inside the window
+
+    def _estimate(self, queries: torch.Tensor, full: bool, alpha: float, sigma: float) -> torch.Tensor:
+        """(B, d) noisy patches -> (B, C*k*k) denoised values, k = p if full else the window 2r+1."""
+        raise NotImplementedError
+
+    def denoise_patches(self, queries: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        """Denoise (B, d) patches to whole (B, d) patches (the patch-level PATCHDENOISE)."""
+        return self._estimate(queries, True, alpha, sigma)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        """IMGDENOISE: denoise the patches of x (C, H, W) and fold them back; returns (C, H, W)."""
+        c, h, w = x.shape
+        p, k = self.p, 2 * self.radius + 1
+        hp, wp = patch_grid(h, w, p)
+        if hp < 1 or wp < 1:
+            raise ValueError(f"image {h}x{w} is smaller than the patch size {p}")
+        folder = Folder(c, h, w, p, self.rho, self.radius, dtype=self.fold_dtype, device=x.device)
+        rows, cols = query_positions(hp, self.stride), query_positions(wp, self.stride)
+        rows_band, cols_band = band_rows(hp, h, p, self.band), band_rows(wp, w, p, self.band)
+        b = self.block
+        for a0 in range(0, len(rows), b):
+            r = rows[a0:a0 + b]
+            i0, gh = int(r[0]), int(r[-1] - r[0]) + 1
+            for b0 in range(0, len(cols), b):
+                cc = cols[b0:b0 + b]
+                j0, gw = int(cc[0]), int(cc[-1] - cc[0]) + 1
+                grid = unfold(x[:, i0:i0 + gh + p - 1, j0:j0 + gw + p - 1], p).view(gh, gw, -1)
+                strided = self.stride > 1
+                q = grid[r - i0][:, cc - j0].reshape(len(r) * len(cc), -1) if strided else grid.reshape(gh * gw, -1)
+                edge = (rows_band[r][:, None] | cols_band[cc][None, :]).reshape(-1)
+                full = bool(edge.any()) or self.fold_dtype == torch.float64
+                size = p if full else k
+                est = torch.zeros(len(r) * len(cc), c * size * size, dtype=self.fold_dtype, device=x.device)
+                if full:
+                    inner = ~edge
+                    if bool(edge.any()) and self.fold_dtype != torch.float64:
+                        est[edge] = self._estimate(q[edge], True, alpha, sigma).to(est.dtype)
+                        if bool(inner.any()):
+                            est[inner.nonzero()[:, :1], self.box_columns[None, :]] = (
+                                self._estimate(q[inner], False, alpha, sigma).to(est.dtype))
+                    else:
+                        est = self._estimate(q, True, alpha, sigma).to(est.dtype)
+                else:
+                    est = self._estimate(q, False, alpha, sigma).to(est.dtype)
+                est = est.T.reshape(c, size, size, len(r), len(cc))
+                if strided:
+                    dense = torch.zeros(c, size, size, gh, gw, dtype=est.dtype, device=x.device)
+                    dense[:, :, :, (r - i0)[:, None], (cc - j0)[None, :]] = est
+                    select = torch.zeros(gh, gw, dtype=torch.bool)
+                    select[(r - i0)[:, None], (cc - j0)[None, :]] = True
+                    folder.add(dense, i0, j0, select.to(x.device))
+                else:
+                    folder.add(est, i0, j0)
+        return folder.result().to(self.fold_dtype if self.fold_dtype == torch.float64 else x.dtype)
+
+
+class PatchDenoiser(ImageDenoiser):
+    """The exact closed-form denoiser: every query attends to every reference patch of the scale.
+
+    Args (besides `ImageDenoiser`'s):
         precision: "fp32" or "bf16": dtype of the two matrix products of the fast path (logits,
             bias, softmax and normalisation stay float32).
         impl: "fast" or "naive".
-        query_block: queries are processed in blocks of query_block x query_block patch positions.
         naive_dtype: dtype of the naive path (float64 for tests).
     """
 
@@ -69,25 +154,23 @@ class PatchDenoiser:
         precision: str = "fp32",
         impl: str = "fast",
         query_block: int = 16,
+        query_stride: int = 1,
         naive_dtype: torch.dtype = torch.float64,
     ) -> None:
         if impl not in ("fast", "naive"):
             raise ValueError(f"impl must be fast or naive, got {impl!r}")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
-        c, h, w = reference.shape
-        if h < patch_size or w < patch_size:
-            raise ValueError(f"reference {h}x{w} is smaller than the patch size {patch_size}")
-        self.p, self.rho, self.impl, self.block = patch_size, rho, impl, query_block
-        self.channels = c
-        self.radius = window_radius(patch_size, rho, truncate)
-        self.band = border_band(patch_size, self.radius)
+        super().__init__(reference, patch_size=patch_size, rho=rho, truncate=truncate,
+                         query_block=query_block, query_stride=query_stride)
+        self.impl = impl
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.naive_dtype = naive_dtype
         device = reference.device
         y = unfold(reference.float(), patch_size)  # (N, d)
         self.num_patches = y.shape[0]
         if impl == "naive":
+            self.fold_dtype = naive_dtype
             self.keys = y.to(naive_dtype)
             return
         # Centre on the mean patch; keys in the compute dtype, their norms from the rounded keys so the
@@ -99,13 +182,9 @@ class PatchDenoiser:
         ones = torch.ones(y.shape[0], 2, dtype=self.dtype, device=device)
         self.keys_aug = torch.cat([keys, half_norm, half_norm, ones], 1)
         ones = torch.ones(y.shape[0], 1, device=device)
-        lo, hi = self.p // 2 - self.radius, self.p // 2 + self.radius + 1
-        box = y.view(-1, c, patch_size, patch_size)[:, :, lo:hi, lo:hi].reshape(y.shape[0], -1)
         # A trailing ones column makes the second product also return the softmax normaliser.
-        self.values_box = torch.cat([box, ones], 1).to(self.dtype)
-        self.values_full = torch.cat([y, ones], 1).to(self.dtype) if self.band > 0 else self.values_box
-
-    # -- patch level -------------------------------------------------------------------------------
+        self.values_box = torch.cat([y[:, self.box_columns.to(device)], ones], 1).to(self.dtype)
+        self.values_full = torch.cat([y, ones], 1).to(self.dtype)
 
     def _split(self, v: torch.Tensor) -> torch.Tensor:
         """(n,) float32 -> (n, 2) in the compute dtype whose row sums equal v to ~2^-16 relative."""
@@ -140,55 +219,11 @@ class PatchDenoiser:
         out = (weights @ values).float()
         return out[:, :-1] / out[:, -1:]
 
-    def denoise_patches(self, queries: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """Denoise (B, d) patches to whole (B, d) patches (the patch-level PATCHDENOISE)."""
+    def _estimate(self, queries: torch.Tensor, full: bool, alpha: float, sigma: float) -> torch.Tensor:
         if self.impl == "naive":
-            return naive_patch_denoise(queries.to(self.naive_dtype), self.keys, alpha, sigma)
-        # With an empty border band the box is the whole patch, so values_full covers both cases.
-        return self._attend(queries.float(), self.values_full, alpha, sigma)
-
-    # -- image level -------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """IMGDENOISE: denoise every stride-1 patch of x (C, H, W) and fold them back; returns (C, H, W)."""
-        c, h, w = x.shape
-        p = self.p
-        hp, wp = patch_grid(h, w, p)
-        if hp < 1 or wp < 1:
-            raise ValueError(f"image {h}x{w} is smaller than the patch size {p}")
-        dtype = self.naive_dtype if self.impl == "naive" else torch.float32
-        est = torch.zeros(c, p, p, hp, wp, dtype=dtype, device=x.device)
-        rows_band = band_rows(hp, h, p, self.band)
-        cols_band = band_rows(wp, w, p, self.band)
-        lo, hi = p // 2 - self.radius, p // 2 + self.radius + 1
-        b = self.block
-        for i0 in range(0, hp, b):
-            i1 = min(hp, i0 + b)
-            for j0 in range(0, wp, b):
-                j1 = min(wp, j0 + b)
-                region = x[:, i0:i1 + p - 1, j0:j1 + p - 1]
-                q = unfold(region, p)  # (bh*bw, d), raster order within the block
-                bh, bw = i1 - i0, j1 - j0
-                if self.impl == "naive":
-                    out = self.denoise_patches(q, alpha, sigma)
-                    est[:, :, :, i0:i1, j0:j1] = out.T.reshape(c, p, p, bh, bw).to(dtype)
-                    continue
-                edge = (rows_band[i0:i1, None] | cols_band[None, j0:j1]).reshape(-1)
-                inner = ~edge
-                if bool(inner.any()):
-                    box = self._attend(q[inner], self.values_box, alpha, sigma)  # (n, C*w*w)
-                    blk = est[:, lo:hi, lo:hi, i0:i1, j0:j1]
-                    view = blk.reshape(c, hi - lo, hi - lo, bh * bw)
-                    view[..., inner] = box.T.reshape(c, hi - lo, hi - lo, -1)
-                    est[:, lo:hi, lo:hi, i0:i1, j0:j1] = view.reshape(blk.shape)
-                if bool(edge.any()):
-                    full = self._attend(q[edge], self.values_full, alpha, sigma)  # (n, C*p*p)
-                    blk = est[:, :, :, i0:i1, j0:j1]
-                    view = blk.reshape(c, p, p, bh * bw)
-                    view[..., edge] = full.T.reshape(c, p, p, -1)
-                    est[:, :, :, i0:i1, j0:j1] = view.reshape(blk.shape)
-        return fold(est, h, w, self.rho, self.radius).to(x.dtype if self.impl == "fast" else dtype)
+            out = naive_patch_denoise(queries.to(self.naive_dtype), self.keys, alpha, sigma)
+            return out if full else out[:, self.box_columns]
+        return self._attend(queries.float(), self.values_full if full else self.values_box, alpha, sigma)
 
 
 def flops_per_call(num_queries: int, num_keys: int, channels: int, patch_size: int, radius: int) -> float:
@@ -198,3 +233,64 @@ def flops_per_call(num_queries: int, num_keys: int, channels: int, patch_size: i
     return 2.0 * num_queries * num_keys * (d + dv)
 
 
+
+
+class KNNDenoiser(ImageDenoiser):
+    """The closed-form denoiser restricted to the k nearest reference patches (paper Sec. 3.5).
+
+    For a noisy patch x at (alpha, sigma) the index is searched with x / alpha, then the softmax of Eq. 2
+    is taken over the k patches found, with their *true* distances ||x - alpha y_j||^2 recomputed in
+    float32 from the reference image (so PCA or PQ in the index only choose candidates). alpha = 0 gives
+    the mean patch of the dataset, as the exact denoiser does. With k = N and an exact index this is the
+    exact denoiser.
+
+    Args (besides `ImageDenoiser`'s):
+        index: an `ExactIndex` or `IVFIndex` over `grid` patches of `reference`.
+        k: neighbours per query.
+    """
+
+    def __init__(self, reference: torch.Tensor, index, *, k: int = 5, patch_size: int = 15, rho: float = 0.2,
+                 truncate: float = 3.0, query_block: int = 32, query_stride: int = 1) -> None:
+        super().__init__(reference, patch_size=patch_size, rho=rho, truncate=truncate,
+                         query_block=query_block, query_stride=query_stride)
+        from .index.grid import PatchReader
+
+        if index.grid.patch_size != patch_size or (index.grid.height, index.grid.width) != tuple(reference.shape[-2:]):
+            raise ValueError("the index was built for a different reference scale or patch size")
+        self.index, self.k, self.grid = index, k, index.grid
+        self.reader = PatchReader(reference, self.grid)
+        self.num_patches = index.ntotal
+        # Dataset mean patch (alpha = 0) and the centred squared norms ||y - mean||^2 per id, in chunks.
+        total = torch.zeros(self.grid.dim, dtype=torch.float64, device=reference.device)
+        chunks = [(a, min(self.grid.size, a + 65536)) for a in range(0, self.grid.size, 65536)]
+        for a, b in chunks:
+            total += self.reader.read(torch.arange(a, b, device=reference.device)).double().sum(0)
+        self.mean = (total / self.grid.size).float()
+        self.norms = torch.cat([
+            (self.reader.read(torch.arange(a, b, device=reference.device)) - self.mean).pow(2).sum(1)
+            for a, b in chunks])
+
+    def _estimate(self, queries: torch.Tensor, full: bool, alpha: float, sigma: float) -> torch.Tensor:
+        q = queries.float()
+        if alpha == 0.0:
+            mean = self.mean if full else self.mean[self.box_columns]
+            return mean[None].expand(q.shape[0], -1).clone()
+        _, ids = self.index.search(q / alpha, self.k)
+        ids = torch.from_numpy(ids).to(q.device)
+        found = ids >= 0
+        ids = ids.clamp_min(0)
+        y = self.reader.read(ids)                                          # (B, k, d)
+        # True ||x - a y||^2 with both sides centred on the mean patch (small terms, little cancellation):
+        # ||qc||^2 - 2a qc.(y - m) + a^2 ||y - m||^2, qc = x - a m.
+        qc = q - alpha * self.mean
+        dots = (y * qc[:, None, :]).sum(-1) - (qc @ self.mean)[:, None]  # (faster than bmm for small k)
+        dist = qc.pow(2).sum(1, keepdim=True) - 2.0 * alpha * dots + alpha**2 * self.norms[ids]
+        logits = (-dist / (2.0 * sigma**2)).masked_fill(~found, float("-inf"))
+        w = torch.softmax(logits, dim=1)
+        out = torch.bmm(w[:, None, :], y)[:, 0]
+        if not full:
+            out = out[:, self.box_columns]  # cheaper than selecting the columns of y first
+        lost = ~found.any(1)  # no candidate at all (only with tiny nprobe): fall back to the mean patch
+        if bool(lost.any()):
+            out[lost] = (self.mean if full else self.mean[self.box_columns])[None]
+        return out

@@ -121,3 +121,76 @@ def fold_normaliser(height: int, width: int, patch_size: int, rho: float, radius
             elif band > 0:
                 den[:, ky:ky + hp, kx:kx + wp] += w * mask[ky:ky + hp, kx:kx + wp]
     return den
+
+
+def query_positions(n_positions: int, stride: int) -> torch.Tensor:
+    """Patch positions denoised along one axis: 0, s, 2s, ... plus the last one, so every pixel is covered."""
+    pos = list(range(0, n_positions, stride))
+    if pos[-1] != n_positions - 1:
+        pos.append(n_positions - 1)
+    return torch.tensor(pos, dtype=torch.long)
+
+
+class Folder:
+    """The fold of Alg. 1 done block by block: memory O(image), never O(image * p^2).
+
+    Blocks of patch estimates are weighted with the window R_rho (truncated to radius r, untruncated on
+    the border band, exactly as `fold`), scatter-added into a numerator image, and divided at the end by
+    the same sum of weights. A block's contribution depends only on the block, so adding the same
+    blocks in the same order gives the same bits whatever else is folded (tiles == whole image).
+
+    Args:
+        channels, height, width: the image being assembled.
+        patch_size, rho, radius: as for `fold`.
+        dtype: accumulation dtype (float32, or float64 for the naive reference path).
+    """
+
+    def __init__(self, channels: int, height: int, width: int, patch_size: int, rho: float, radius: int,
+                 *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        p = patch_size
+        self.p, self.radius, self.dtype = p, radius, dtype
+        self.num = torch.zeros(channels, height, width, dtype=dtype, device=device)
+        self.den = torch.zeros(1, height, width, dtype=dtype, device=device)
+        g = window_weights(p, rho).to(dtype)
+        lo, hi = p // 2 - radius, p // 2 + radius + 1
+        inside = torch.zeros(p, p, dtype=dtype)
+        inside[lo:hi, lo:hi] = 1.0
+        self.g_full = g.reshape(-1, 1).to(device)                      # (p*p, 1)
+        self.inside = inside.reshape(-1, 1).to(device)                 # (p*p, 1)
+        self.g_box = g[lo:hi, lo:hi].reshape(-1, 1).to(device)         # (k*k, 1)
+        self.band = border_band(p, radius)
+        self.mask = band_mask(height, width, self.band).to(dtype).to(device) if self.band > 0 else None
+
+    def add(self, est: torch.Tensor, i0: int, j0: int, select: torch.Tensor | None = None) -> None:
+        """Add a block of estimates.
+
+        Args:
+            est: (C, k, k, bh, bw) with k = p (whole patches; the band rule applies) or k = 2r + 1 (the
+                window only: patches that do not reach the border band).
+            i0, j0: patch position (top-left pixel) of the block's first patch.
+            select: optional (bh, bw) bool: only these positions contribute (query stride > 1).
+        """
+        c, k, _, bh, bw = est.shape
+        n = bh * bw
+        if k == self.p:
+            weights = self.g_full * self.inside
+            if self.mask is not None:
+                m = self.mask[i0:i0 + bh + k - 1, j0:j0 + bw + k - 1]
+                reach = F.unfold(m[None, None], k)[0]                  # (p*p, n): pixel on the band
+                weights = self.g_full * torch.maximum(self.inside, reach)
+            off = 0
+        else:
+            weights = self.g_box
+            off = self.p // 2 - self.radius
+        weights = weights.expand(k * k, n)
+        if select is not None:
+            weights = weights * select.reshape(1, n).to(weights.dtype)
+        cols = (est.reshape(c, k * k, n).to(self.dtype) * weights).reshape(1, c * k * k, n)
+        size = (bh + k - 1, bw + k - 1)
+        y0, x0 = i0 + off, j0 + off
+        self.num[:, y0:y0 + size[0], x0:x0 + size[1]] += F.fold(cols, size, k)[0]
+        self.den[:, y0:y0 + size[0], x0:x0 + size[1]] += F.fold(weights.reshape(1, k * k, n).contiguous(), size, k)[0]
+
+    def result(self) -> torch.Tensor:
+        """(C, H, W): numerator / weights. Every pixel must have been covered."""
+        return self.num / self.den

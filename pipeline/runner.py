@@ -11,15 +11,22 @@ import numpy as np
 import torch
 
 from .config import Config
-from .denoise import PatchDenoiser
+from .denoise import ImageDenoiser, KNNDenoiser, PatchDenoiser
 from .devices import resolve_device, resolve_precision
 from .errors import ConfigError, ImageError
+from .index import IVFIndex, IVFParams, PatchGrid
+from .index.ivf import set_threads
 from .io.read import load_image
 from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths, save_image
 from .pyramid import auto_num_scales, reference_pyramid, scale_sizes
 from .sample.c2f import sample_coarse_to_fine
 
 Progress = Callable[[dict], None]
+
+# `--index auto` switches a scale to IVF at this many reference patches. CPU: the measured crossover of
+# exact bf16 and IVF per call on this 2-core machine (benchmarks/bench_index.py); GPU: the official rule.
+CPU_IVF_THRESHOLD = 8000
+GPU_IVF_THRESHOLD = 250_000
 
 
 @dataclass(frozen=True)
@@ -30,17 +37,19 @@ class Plan:
     out_sizes: list[tuple[int, int]]
     device: torch.device
     precision: str
-    index: str
+    indexes: list[str]            # per scale (index 0 = finest): "exact" or "ivf"
+    patches: list[int]            # reference patches per scale (in the index, after dataset_stride)
 
     @property
     def num_scales(self) -> int:
         return len(self.ref_sizes)
 
     def describe(self) -> str:
-        lines = [f"{self.num_scales} scales, device {self.device.type}, precision {self.precision}, index {self.index}"]
+        lines = [f"{self.num_scales} scales, device {self.device.type}, precision {self.precision}"]
         for s in range(self.num_scales - 1, -1, -1):
             (rh, rw), (oh, ow) = self.ref_sizes[s], self.out_sizes[s]
-            lines.append(f"  scale {s}: reference {rw}x{rh} -> output {ow}x{oh}")
+            lines.append(f"  scale {s}: reference {rw}x{rh} -> output {ow}x{oh}, "
+                         f"{self.indexes[s]} index over {self.patches[s]} patches")
         return "\n".join(lines)
 
 
@@ -61,22 +70,47 @@ def make_plan(cfg: Config, ref_hw: tuple[int, int]) -> Plan:
             f"num_scales={n} makes the coarsest reference scale {ref_sizes[-1][1]}x{ref_sizes[-1][0]}, "
             f"smaller than the patch size {p}")
     out_sizes = scale_sizes(out_h, out_w, n, cfg.scale_factor, min_side=p)
-    if cfg.index == "ivf":
-        raise ConfigError("--index ivf is not available yet (approximate nearest neighbours are planned); use exact")
     device = resolve_device(cfg.device)
-    return Plan(ref_sizes, out_sizes, device, resolve_precision(cfg.precision, device), "exact")
+    patches = [PatchGrid(1, rh, rw, p, cfg.dataset_stride).size for rh, rw in ref_sizes]
+    indexes = resolve_indexes(cfg, patches, device)
+    return Plan(ref_sizes, out_sizes, device, resolve_precision(cfg.precision, device), indexes, patches)
 
 
-def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config) -> list[PatchDenoiser]:
-    """One closed-form denoiser per scale, each holding that scale's reference patches."""
+def resolve_indexes(cfg: Config, patches: list[int], device: torch.device) -> list[str]:
+    """Exact or IVF per scale: `index_scales` entries, else `index`; auto compares the scale's patch count
+    with `ivf_threshold` (0 = the device default: the measured CPU crossover, or the official 250k on a GPU)."""
+    per_scale = cfg.scale_indexes()
+    if len(per_scale) > len(patches):
+        raise ConfigError(f"index_scales lists {len(per_scale)} scales but the run has {len(patches)}")
+    threshold = cfg.ivf_threshold or (GPU_IVF_THRESHOLD if device.type == "cuda" else CPU_IVF_THRESHOLD)
+    kinds = []
+    for s, n in enumerate(patches):
+        kind = per_scale[s] if s < len(per_scale) else cfg.index
+        if kind == "auto":
+            kind = "ivf" if n >= threshold else "exact"
+        kinds.append(kind)
+    return kinds
+
+
+def ivf_params(cfg: Config) -> IVFParams:
+    return IVFParams(nlist=cfg.nlist, nprobe=cfg.nprobe, pca=cfg.pca, pq=cfg.pq, train_factor=cfg.train_factor)
+
+
+def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config) -> list[ImageDenoiser]:
+    """One closed-form denoiser per scale: exact, or k-NN over that scale's IVF index."""
     pyramid = reference_pyramid(reference, plan.ref_sizes)
-    return [
-        PatchDenoiser(
-            level.to(plan.device), patch_size=cfg.patch_size, rho=cfg.rho, truncate=cfg.fold_truncate,
-            precision=plan.precision, query_block=cfg.query_block,
-        )
-        for level in pyramid
-    ]
+    set_threads(torch.get_num_threads())
+    common = dict(patch_size=cfg.patch_size, rho=cfg.rho, truncate=cfg.fold_truncate,
+                  query_block=cfg.query_block, query_stride=cfg.query_stride)
+    denoisers: list[ImageDenoiser] = []
+    for level, kind in zip(pyramid, plan.indexes):
+        if kind == "exact":
+            denoisers.append(PatchDenoiser(level.to(plan.device), precision=plan.precision, **common))
+            continue
+        grid = PatchGrid(level.shape[0], level.shape[1], level.shape[2], cfg.patch_size, cfg.dataset_stride)
+        index = IVFIndex.build(level, grid, ivf_params(cfg)).to_device(plan.device)
+        denoisers.append(KNNDenoiser(level.to(plan.device), index, k=cfg.knn, **common))
+    return denoisers
 
 
 @torch.no_grad()

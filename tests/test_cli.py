@@ -68,7 +68,10 @@ def test_console_script_on_real_photo(tmp_path):
         (["ref.png", "--set", "steps=many"], "expected int"),
         (["ref.png", "--preset", "nope"], "unknown preset"),
         (["ref.png", "--eta", "2"], "eta"),
-        (["ref.png", "--index", "ivf"], "not available yet"),
+        (["ref.png", "--index", "annoy"], "index must be"),
+        (["ref.png", "--set", "index_scales=ivf,bogus"], "index_scales"),
+        (["ref.png", "--set", "index_scales=ivf,ivf,ivf,ivf,ivf,ivf"], "index_scales lists"),
+        (["ref.png", "--index", "ivf", "--set", "pq=7"], "must divide"),
         (["ref.png", "--out-ext", ".bmp"], "unsupported output"),
     ],
 )

@@ -1,0 +1,161 @@
+"""FAISS IVF patch index: built once per scale, saved, loaded (memory-mapped) by every denoiser.
+
+The descriptors are the raw patches (d = C*p*p), optionally reduced by a PCA pre-transform; the
+coarse quantizer has nlist ~ sqrt(N) cells; the cells hold the full vectors (IVF-Flat) or PQ codes
+(IVF-PQ, for very large N). Whatever the index returns, the k-NN denoiser recomputes the true
+distances from the reference image itself, so PCA/PQ only decide *which* patches are candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .grid import PatchGrid
+
+ADD_CHUNK = 65536  # patches gathered and added per faiss.add call (bounds the build's extra memory)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a declared dependency
+        raise ConfigError("the IVF index needs faiss: pip install faiss-cpu (or a faiss GPU build)") from None
+    return faiss
+
+
+@dataclass(frozen=True)
+class IVFParams:
+    """How an IVF index is built and searched.
+
+    nlist: coarse cells (0 = round(sqrt(N))). nprobe: cells visited per query. pca: reduce the
+    descriptors to this many dimensions first (0 = off). pq: IVF-PQ with this many 8-bit sub-quantizers
+    (0 = IVF-Flat; must divide the descriptor dimension). train_factor: training points per cell
+    (the issue's 30-256; faiss wants >= 39). seed: which patches are sampled for training.
+    """
+
+    nlist: int = 0
+    nprobe: int = 4
+    pca: int = 0
+    pq: int = 0
+    train_factor: int = 64
+    seed: int = 0
+
+    def resolved_nlist(self, n: int) -> int:
+        nlist = self.nlist or round(math.sqrt(n))
+        return max(1, min(nlist, n // 39 or 1))
+
+    def factory(self, dim: int, n: int) -> str:
+        pre = f"PCA{self.pca}," if self.pca else ""
+        d = self.pca or dim
+        if self.pq and d % self.pq:
+            raise ConfigError(f"pq={self.pq} must divide the descriptor dimension {d}")
+        return f"{pre}IVF{self.resolved_nlist(n)},{f'PQ{self.pq}x8' if self.pq else 'Flat'}"
+
+
+def set_threads(n: int) -> None:
+    """Give faiss the same number of OpenMP threads as torch, so the two never oversubscribe the cores."""
+    _faiss().omp_set_num_threads(max(1, n))
+
+
+class IVFIndex:
+    """A trained and filled faiss IVF index over the patches of one reference scale.
+
+    Build with `IVFIndex.build`, or `IVFIndex.load` a saved one. `search` takes (n, d) float32
+    descriptors (the noisy patches divided by alpha) and returns squared distances and patch ids.
+    """
+
+    kind = "ivf"
+
+    def __init__(self, index, grid: PatchGrid, params: IVFParams) -> None:
+        self.index, self.grid, self.params = index, grid, params
+        self.ntotal = int(index.ntotal)
+        self.on_gpu = False
+        self._set_nprobe(params.nprobe)
+
+    def _set_nprobe(self, nprobe: int) -> None:
+        faiss = _faiss()
+        ivf = faiss.extract_index_ivf(self.index)
+        ivf.nprobe = max(1, min(nprobe, ivf.nlist))
+
+    @property
+    def nlist(self) -> int:
+        return int(_faiss().extract_index_ivf(self.index).nlist)
+
+    @classmethod
+    def build(cls, image: torch.Tensor, grid: PatchGrid, params: IVFParams = IVFParams()) -> IVFIndex:
+        """Train on a random sample of train_factor * nlist patches, then add every patch in chunks."""
+        faiss = _faiss()
+        image = image.float().cpu()
+        n = grid.size
+        index = faiss.index_factory(grid.dim, params.factory(grid.dim, n))
+        nlist = params.resolved_nlist(n)
+        rng = np.random.default_rng(params.seed)
+        n_train = min(n, max(39, params.train_factor) * nlist)
+        if params.pq:
+            n_train = min(n, max(n_train, 256 * 39))  # PQ codebooks (256 centroids) need enough points too
+        train_ids = np.sort(rng.choice(n, size=n_train, replace=False))
+        from .grid import gather_patches
+        train = gather_patches(image, grid, torch.from_numpy(train_ids)).numpy()
+        index.train(np.ascontiguousarray(train, dtype=np.float32))
+        for start in range(0, n, ADD_CHUNK):
+            chunk = grid.descriptors(image, start, min(n, start + ADD_CHUNK)).numpy()
+            index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+        return cls(index, grid, params)
+
+    def search(self, descriptors: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) float32 -> (distances, ids), each (n, k); ids are -1 where fewer than k were found."""
+        q = descriptors.cpu().numpy() if isinstance(descriptors, torch.Tensor) else descriptors
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        if self.on_gpu:
+            k = min(k, 2048)  # faiss GPU limit for k and nprobe
+        return self.index.search(q, k)
+
+    # -- persistence -------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write `path` (faiss index) and `path.json` (grid and parameters) atomically; returns path."""
+        faiss = _faiss()
+        path = Path(path)
+        index = faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(index, str(tmp))
+        meta_tmp = path.with_name(path.name + ".json.tmp")
+        meta_tmp.write_text(json.dumps({"grid": asdict(self.grid), "params": asdict(self.params), "ntotal": self.ntotal}))
+        os.replace(meta_tmp, path.with_name(path.name + ".json"))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = True) -> IVFIndex:
+        """Read an index saved by `save`, memory-mapping its lists where faiss can."""
+        faiss = _faiss()
+        path = Path(path)
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = faiss.read_index(str(path), flags)
+        return cls(index, PatchGrid(**meta["grid"]), IVFParams(**meta["params"]))
+
+    # -- GPU ---------------------------------------------------------------------------------------
+
+    def to_device(self, device: torch.device) -> IVFIndex:
+        """Move the index to the GPU when device is CUDA and faiss has GPU support; else unchanged.
+
+        One GPU index per process: faiss GPU indexes are not thread-safe, so callers keep one thread
+        per GPU. nprobe is capped at 2048 (faiss GPU limit).
+        """
+        faiss = _faiss()
+        if device.type != "cuda" or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            return self
+        res = faiss.StandardGpuResources()  # pragma: no cover - needs a GPU
+        gpu = faiss.index_cpu_to_gpu(res, device.index or 0, self.index)  # pragma: no cover
+        moved = IVFIndex(gpu, self.grid, IVFParams(**{**asdict(self.params), "nprobe": min(self.params.nprobe, 2048)}))  # pragma: no cover
+        moved.on_gpu, moved._gpu_resources = True, res  # pragma: no cover
+        return moved  # pragma: no cover
