@@ -18,8 +18,9 @@ Two implementations share one interface, `denoiser(x, alpha, sigma) -> x_hat` on
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from .patches import Folder, band_rows, border_band, patch_grid, query_positions, unfold, window_radius
+from .patches import Folder, band_rows, border_band, patch_grid, query_positions, regular_runs, unfold, window_radius
 
 
 def naive_patch_denoise(queries: torch.Tensor, keys: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
@@ -72,6 +73,9 @@ class ImageDenoiser:
         self.p, self.rho, self.block, self.stride = patch_size, rho, query_block, query_stride
         self.channels = c
         self.radius = window_radius(patch_size, rho, truncate)
+        if query_stride > 2 * self.radius + 1:
+            raise ValueError(f"query_stride {query_stride} leaves pixels uncovered: the fold window is "
+                             f"{2 * self.radius + 1} px wide")
         self.band = border_band(patch_size, self.radius)
         lo, hi = patch_size // 2 - self.radius, patch_size // 2 + self.radius + 1
         box = torch.zeros(c, patch_size, patch_size, dtype=torch.bool)
@@ -86,51 +90,46 @@ class ImageDenoiser:
         """Denoise (B, d) patches to whole (B, d) patches (the patch-level PATCHDENOISE)."""
         return self._estimate(queries, True, alpha, sigma)
 
+    def _block_estimate(self, q: torch.Tensor, edge: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        """Estimates of one block of queries: the window only, or whole patches if any query reaches the
+        border band (then the others are zero outside the window, where their weight is zero anyway)."""
+        if not bool(edge.any()) and self.fold_dtype != torch.float64:
+            return self._estimate(q, False, alpha, sigma).to(self.fold_dtype)
+        if self.fold_dtype == torch.float64 or bool(edge.all()):
+            return self._estimate(q, True, alpha, sigma).to(self.fold_dtype)
+        est = torch.zeros(q.shape[0], q.shape[1], dtype=self.fold_dtype, device=q.device)
+        est[edge] = self._estimate(q[edge], True, alpha, sigma).to(est.dtype)
+        inner = ~edge
+        est[inner.nonzero()[:, :1], self.box_columns[None, :]] = self._estimate(q[inner], False, alpha, sigma).to(est.dtype)
+        return est
+
+    def _to_grid(self, est: torch.Tensor, c: int, nr: int, nc: int) -> torch.Tensor:
+        """(nr*nc, C*k*k) -> (C, k, k, nr, nc) for the Folder."""
+        k = self.p if est.shape[1] == c * self.p**2 else 2 * self.radius + 1
+        return est.T.reshape(c, k, k, nr, nc)
+
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
         """IMGDENOISE: denoise the patches of x (C, H, W) and fold them back; returns (C, H, W)."""
         c, h, w = x.shape
-        p, k = self.p, 2 * self.radius + 1
+        p = self.p
         hp, wp = patch_grid(h, w, p)
         if hp < 1 or wp < 1:
             raise ValueError(f"image {h}x{w} is smaller than the patch size {p}")
         folder = Folder(c, h, w, p, self.rho, self.radius, dtype=self.fold_dtype, device=x.device)
         rows, cols = query_positions(hp, self.stride), query_positions(wp, self.stride)
         rows_band, cols_band = band_rows(hp, h, p, self.band), band_rows(wp, w, p, self.band)
-        b = self.block
+        st, b = self.stride, self.block
         for a0 in range(0, len(rows), b):
-            r = rows[a0:a0 + b]
-            i0, gh = int(r[0]), int(r[-1] - r[0]) + 1
-            for b0 in range(0, len(cols), b):
-                cc = cols[b0:b0 + b]
-                j0, gw = int(cc[0]), int(cc[-1] - cc[0]) + 1
-                grid = unfold(x[:, i0:i0 + gh + p - 1, j0:j0 + gw + p - 1], p).view(gh, gw, -1)
-                strided = self.stride > 1
-                q = grid[r - i0][:, cc - j0].reshape(len(r) * len(cc), -1) if strided else grid.reshape(gh * gw, -1)
-                edge = (rows_band[r][:, None] | cols_band[cc][None, :]).reshape(-1)
-                full = bool(edge.any()) or self.fold_dtype == torch.float64
-                size = p if full else k
-                est = torch.zeros(len(r) * len(cc), c * size * size, dtype=self.fold_dtype, device=x.device)
-                if full:
-                    inner = ~edge
-                    if bool(edge.any()) and self.fold_dtype != torch.float64:
-                        est[edge] = self._estimate(q[edge], True, alpha, sigma).to(est.dtype)
-                        if bool(inner.any()):
-                            est[inner.nonzero()[:, :1], self.box_columns[None, :]] = (
-                                self._estimate(q[inner], False, alpha, sigma).to(est.dtype))
-                    else:
-                        est = self._estimate(q, True, alpha, sigma).to(est.dtype)
-                else:
-                    est = self._estimate(q, False, alpha, sigma).to(est.dtype)
-                est = est.T.reshape(c, size, size, len(r), len(cc))
-                if strided:
-                    dense = torch.zeros(c, size, size, gh, gw, dtype=est.dtype, device=x.device)
-                    dense[:, :, :, (r - i0)[:, None], (cc - j0)[None, :]] = est
-                    select = torch.zeros(gh, gw, dtype=torch.bool)
-                    select[(r - i0)[:, None], (cc - j0)[None, :]] = True
-                    folder.add(dense, i0, j0, select.to(x.device))
-                else:
-                    folder.add(est, i0, j0)
+            for i0, nr in regular_runs(rows[a0:a0 + b], st):
+                for b0 in range(0, len(cols), b):
+                    for j0, nc in regular_runs(cols[b0:b0 + b], st):
+                        region = x[:, i0:i0 + (nr - 1) * st + p, j0:j0 + (nc - 1) * st + p]
+                        q = F.unfold(region[None], p, stride=st)[0].T  # (nr*nc, d), raster order
+                        edge = (rows_band[i0:i0 + (nr - 1) * st + 1:st][:, None]
+                                | cols_band[j0:j0 + (nc - 1) * st + 1:st][None, :]).reshape(-1)
+                        est = self._block_estimate(q, edge, alpha, sigma)
+                        folder.add(self._to_grid(est, c, nr, nc), i0, j0, st)
         return folder.result().to(self.fold_dtype if self.fold_dtype == torch.float64 else x.dtype)
 
 
@@ -258,38 +257,44 @@ class KNNDenoiser(ImageDenoiser):
         if index.grid.patch_size != patch_size or (index.grid.height, index.grid.width) != tuple(reference.shape[-2:]):
             raise ValueError("the index was built for a different reference scale or patch size")
         self.index, self.k, self.grid = index, k, index.grid
-        self.reader = PatchReader(reference, self.grid)
+        lo = patch_size // 2 - self.radius
+        self.reader = PatchReader(reference, self.grid, window=(lo, 2 * self.radius + 1))
         self.num_patches = index.ntotal
-        # Dataset mean patch (alpha = 0) and the centred squared norms ||y - mean||^2 per id, in chunks.
-        total = torch.zeros(self.grid.dim, dtype=torch.float64, device=reference.device)
+        # Dataset mean patch (alpha = 0), and for indexes whose distances are approximate the centred
+        # squared norms ||y - mean||^2 per id; both in chunks of the patch grid.
         chunks = [(a, min(self.grid.size, a + 65536)) for a in range(0, self.grid.size, 65536)]
+        dev = reference.device
+        total = torch.zeros(self.grid.dim, dtype=torch.float64, device=dev)
         for a, b in chunks:
-            total += self.reader.read(torch.arange(a, b, device=reference.device)).double().sum(0)
+            total += self.reader.read(torch.arange(a, b, device=dev)).double().sum(0)
         self.mean = (total / self.grid.size).float()
-        self.norms = torch.cat([
-            (self.reader.read(torch.arange(a, b, device=reference.device)) - self.mean).pow(2).sum(1)
-            for a, b in chunks])
+        self.norms = None if getattr(index, "exact_distances", False) else torch.cat([
+            (self.reader.read(torch.arange(a, b, device=dev)) - self.mean).pow(2).sum(1) for a, b in chunks])
 
     def _estimate(self, queries: torch.Tensor, full: bool, alpha: float, sigma: float) -> torch.Tensor:
         q = queries.float()
         if alpha == 0.0:
             mean = self.mean if full else self.mean[self.box_columns]
             return mean[None].expand(q.shape[0], -1).clone()
-        _, ids = self.index.search(q / alpha, self.k)
+        dist, ids = self.index.search(q / alpha, self.k)
         ids = torch.from_numpy(ids).to(q.device)
         found = ids >= 0
         ids = ids.clamp_min(0)
-        y = self.reader.read(ids)                                          # (B, k, d)
-        # True ||x - a y||^2 with both sides centred on the mean patch (small terms, little cancellation):
-        # ||qc||^2 - 2a qc.(y - m) + a^2 ||y - m||^2, qc = x - a m.
-        qc = q - alpha * self.mean
-        dots = (y * qc[:, None, :]).sum(-1) - (qc @ self.mean)[:, None]  # (faster than bmm for small k)
-        dist = qc.pow(2).sum(1, keepdim=True) - 2.0 * alpha * dots + alpha**2 * self.norms[ids]
+        if getattr(self.index, "exact_distances", False):
+            # The index returned ||x/a - y_j||^2 computed directly (IVF-Flat): ||x - a y_j||^2 = a^2 that.
+            dist = alpha**2 * torch.from_numpy(dist).to(q.device)
+            values = self.reader.read(ids, window=not full)                # (B, k, dv)
+        else:
+            # Recompute the true ||x - a y||^2 (PCA/PQ distances are approximate) with both sides centred
+            # on the mean patch: ||qc||^2 - 2a qc.(y - m) + a^2 ||y - m||^2, qc = x - a m.
+            y = self.reader.read(ids)                                      # (B, k, d)
+            qc = q - alpha * self.mean
+            dots = (y * qc[:, None, :]).sum(-1) - (qc @ self.mean)[:, None]  # (faster than bmm for small k)
+            dist = qc.pow(2).sum(1, keepdim=True) - 2.0 * alpha * dots + alpha**2 * self.norms[ids]
+            values = y if full else y[:, :, self.box_columns]
         logits = (-dist / (2.0 * sigma**2)).masked_fill(~found, float("-inf"))
         w = torch.softmax(logits, dim=1)
-        out = torch.bmm(w[:, None, :], y)[:, 0]
-        if not full:
-            out = out[:, self.box_columns]  # cheaper than selecting the columns of y first
+        out = torch.bmm(w[:, None, :], values)[:, 0]
         lost = ~found.any(1)  # no candidate at all (only with tiny nprobe): fall back to the mean patch
         if bool(lost.any()):
             out[lost] = (self.mean if full else self.mean[self.box_columns])[None]

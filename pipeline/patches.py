@@ -161,36 +161,45 @@ class Folder:
         self.band = border_band(p, radius)
         self.mask = band_mask(height, width, self.band).to(dtype).to(device) if self.band > 0 else None
 
-    def add(self, est: torch.Tensor, i0: int, j0: int, select: torch.Tensor | None = None) -> None:
+    def add(self, est: torch.Tensor, i0: int, j0: int, stride: int = 1) -> None:
         """Add a block of estimates.
 
         Args:
             est: (C, k, k, bh, bw) with k = p (whole patches; the band rule applies) or k = 2r + 1 (the
                 window only: patches that do not reach the border band).
             i0, j0: patch position (top-left pixel) of the block's first patch.
-            select: optional (bh, bw) bool: only these positions contribute (query stride > 1).
+            stride: the block's patches sit at (i0 + stride*a, j0 + stride*b) (query stride).
         """
         c, k, _, bh, bw = est.shape
         n = bh * bw
+        size = ((bh - 1) * stride + k, (bw - 1) * stride + k)
         if k == self.p:
-            weights = self.g_full * self.inside
+            weights = (self.g_full * self.inside).expand(k * k, n)
             if self.mask is not None:
-                m = self.mask[i0:i0 + bh + k - 1, j0:j0 + bw + k - 1]
-                reach = F.unfold(m[None, None], k)[0]                  # (p*p, n): pixel on the band
+                m = self.mask[i0:i0 + size[0], j0:j0 + size[1]]
+                reach = F.unfold(m[None, None], k, stride=stride)[0]   # (p*p, n): pixel on the band
                 weights = self.g_full * torch.maximum(self.inside, reach)
             off = 0
         else:
-            weights = self.g_box
+            weights = self.g_box.expand(k * k, n)
             off = self.p // 2 - self.radius
-        weights = weights.expand(k * k, n)
-        if select is not None:
-            weights = weights * select.reshape(1, n).to(weights.dtype)
         cols = (est.reshape(c, k * k, n).to(self.dtype) * weights).reshape(1, c * k * k, n)
-        size = (bh + k - 1, bw + k - 1)
         y0, x0 = i0 + off, j0 + off
-        self.num[:, y0:y0 + size[0], x0:x0 + size[1]] += F.fold(cols, size, k)[0]
-        self.den[:, y0:y0 + size[0], x0:x0 + size[1]] += F.fold(weights.reshape(1, k * k, n).contiguous(), size, k)[0]
+        self.num[:, y0:y0 + size[0], x0:x0 + size[1]] += F.fold(cols, size, k, stride=stride)[0]
+        den = F.fold(weights.reshape(1, k * k, n).contiguous(), size, k, stride=stride)[0]
+        self.den[:, y0:y0 + size[0], x0:x0 + size[1]] += den
 
     def result(self) -> torch.Tensor:
         """(C, H, W): numerator / weights. Every pixel must have been covered."""
         return self.num / self.den
+
+
+def regular_runs(positions: torch.Tensor, stride: int) -> list[tuple[int, int]]:
+    """Split sorted positions into runs spaced exactly `stride` apart: [(first position, count), ...]."""
+    pos = positions.tolist()
+    runs, start = [], 0
+    for i in range(1, len(pos) + 1):
+        if i == len(pos) or pos[i] - pos[i - 1] != stride:
+            runs.append((pos[start], i - start))
+            start = i
+    return runs

@@ -18,6 +18,7 @@ from .index import IVFIndex, IVFParams, PatchGrid
 from .index.ivf import set_threads
 from .io.read import load_image
 from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths, save_image
+from .patches import window_radius
 from .pyramid import auto_num_scales, reference_pyramid, scale_sizes
 from .sample.c2f import sample_coarse_to_fine
 
@@ -70,6 +71,10 @@ def make_plan(cfg: Config, ref_hw: tuple[int, int]) -> Plan:
             f"num_scales={n} makes the coarsest reference scale {ref_sizes[-1][1]}x{ref_sizes[-1][0]}, "
             f"smaller than the patch size {p}")
     out_sizes = scale_sizes(out_h, out_w, n, cfg.scale_factor, min_side=p)
+    window = 2 * window_radius(p, cfg.rho, cfg.fold_truncate) + 1
+    if cfg.query_stride > window:
+        raise ConfigError(f"query_stride={cfg.query_stride} would leave pixels uncovered: the fold window is {window} px "
+                          f"wide (p={p}, rho={cfg.rho}); use at most {window}")
     device = resolve_device(cfg.device)
     patches = [PatchGrid(1, rh, rw, p, cfg.dataset_stride).size for rh, rw in ref_sizes]
     indexes = resolve_indexes(cfg, patches, device)

@@ -126,6 +126,19 @@ def test_ivf_denoiser_close_to_exact_at_low_noise(mid_ref):
     assert err.mean() < 0.01 and err.quantile(0.99) < 0.1, (err.mean(), err.quantile(0.99))
 
 
+def test_ivf_flat_distances_equal_recomputed_ones(mid_ref):
+    """IVF-Flat's own distances (used directly) give the same denoiser as recomputing them: probing every
+    cell, the IVF k-NN denoiser equals the exact-index k-NN denoiser."""
+    alpha, sigma = 0.7, 0.3
+    x = alpha * mid_ref.flip(-1) + sigma * torch.randn(mid_ref.shape, generator=torch.Generator().manual_seed(4))
+    grid = PatchGrid(3, 93, 124, 15)
+    ivf = IVFIndex.build(mid_ref, grid, IVFParams(nlist=8, nprobe=8))
+    assert ivf.exact_distances
+    a = KNNDenoiser(mid_ref, ivf, k=5, patch_size=15)(x, alpha, sigma)
+    b = KNNDenoiser(mid_ref, ExactIndex(mid_ref, grid), k=5, patch_size=15)(x, alpha, sigma)
+    assert (a - b).abs().max() < 1e-4
+
+
 def test_knn_alpha_zero_is_dataset_mean(small_ref):
     grid = PatchGrid(3, 37, 49, 7, 2)
     knn = KNNDenoiser(small_ref, ExactIndex(small_ref, grid), k=3, patch_size=7, rho=math.inf)

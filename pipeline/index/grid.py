@@ -55,26 +55,37 @@ class PatchGrid:
 
 class PatchReader:
     """Reads reference patches by id fast: the image is kept as its p-wide rows, (C*H*(W-p+1), p), so a
-    patch is C*p row copies instead of C*p*p scattered reads (memory: p times the image)."""
+    patch is C*p row copies instead of C*p*p scattered reads (memory: p times the image).
 
-    def __init__(self, image: torch.Tensor, grid: PatchGrid) -> None:
-        c, h, w, p = grid.channels, grid.height, grid.width, grid.patch_size
+    With `window=(offset, size)` it also reads just the centred size x size window of each patch (the
+    part the fold keeps) from its own size-wide rows.
+    """
+
+    def __init__(self, image: torch.Tensor, grid: PatchGrid, window: tuple[int, int] | None = None) -> None:
+        c, h, w = grid.channels, grid.height, grid.width
         if tuple(image.shape) != (c, h, w):
             raise ValueError(f"image shape {tuple(image.shape)} does not match the grid {(c, h, w)}")
         self.grid = grid
-        wq = w - p + 1
-        self.rows = image.float().unfold(2, p, 1).contiguous().reshape(c * h * wq, p)
-        ch, dy = torch.arange(c), torch.arange(p)
-        self.row_offsets = (ch[:, None] * (h * wq) + dy[None, :] * wq).reshape(-1).to(image.device)  # (C*p,)
-        self.wq = wq
+        self._full = self._store(image, grid.patch_size, 0)
+        self._window = self._store(image, window[1], window[0]) if window else None
 
-    def read(self, ids: torch.Tensor) -> torch.Tensor:
-        """(...,) ids -> (..., d) float32 patches, channel-major like `unfold`."""
+    @staticmethod
+    def _store(image: torch.Tensor, size: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        c, h, w = image.shape
+        wq = w - size + 1
+        rows = image.float().unfold(2, size, 1).contiguous().reshape(c * h * wq, size)
+        ch, dy = torch.arange(c), torch.arange(size)
+        offsets = (ch[:, None] * (h * wq) + dy[None, :] * wq).reshape(-1).to(image.device)
+        return rows, offsets, wq, offset * wq + offset
+
+    def read(self, ids: torch.Tensor, window: bool = False) -> torch.Tensor:
+        """(...,) ids -> (..., d) float32 patches (channel-major like `unfold`), or their windows."""
+        rows, offsets, wq, shift = self._window if window else self._full
         _, cols = self.grid.shape
         s = self.grid.stride
-        base = (ids // cols) * s * self.wq + (ids % cols) * s
-        idx = base[..., None] + self.row_offsets
-        return self.rows[idx.reshape(-1)].reshape(*ids.shape, self.grid.dim)
+        base = (ids // cols) * s * wq + (ids % cols) * s + shift
+        out = rows[(base[..., None] + offsets).reshape(-1)]
+        return out.reshape(*ids.shape, offsets.numel() * rows.shape[1])
 
 
 def gather_patches(image: torch.Tensor, grid: PatchGrid, ids: torch.Tensor,

@@ -78,6 +78,9 @@ class IVFIndex:
         self.index, self.grid, self.params = index, grid, params
         self.ntotal = int(index.ntotal)
         self.on_gpu = False
+        # IVF-Flat returns ||q - y||^2 computed pair by pair in float32: the k-NN denoiser can use it
+        # as the true distance. PCA or PQ distances are approximate and are recomputed.
+        self.exact_distances = not params.pca and not params.pq
         self._set_nprobe(params.nprobe)
 
     def _set_nprobe(self, nprobe: int) -> None:
