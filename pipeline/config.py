@@ -39,7 +39,7 @@ class Config:
     ivf_threshold: int = 0        # auto switches to IVF at this many reference patches (0 = device default)
     knn: int = 5                  # k: neighbours the IVF denoiser's softmax runs over
     nlist: int = 0                # IVF cells (0 = sqrt(N))
-    nprobe: int = 4               # IVF cells visited per query
+    nprobe: int = 1               # IVF cells visited per query (see benchmarks/ann_quality.py)
     pca: int = 0                  # PCA pre-transform of IVF descriptors to this many dims (0 = off)
     pq: int = 0                   # IVF-PQ sub-quantizers (0 = IVF-Flat)
     train_factor: int = 64        # IVF training points per cell

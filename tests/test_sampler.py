@@ -82,3 +82,30 @@ def test_sample_is_a_reshuffle_not_a_copy(balloons):
     d_noise = nn_patch_distance(noise, ref, query_stride=2)
     assert d_sample < 0.25 * d_noise, (d_sample, d_noise)
     assert np.abs(img - ref).mean() > 0.1  # not the reference itself
+
+
+def test_index_policy_per_scale():
+    """auto: exact below ivf_threshold patches, IVF above; index_scales overrides scale by scale."""
+    ref_hw = (186, 248)  # scales 186x248 (40248 patches), 93x124 (8690), 46x62 (1536), 23x31 (153)
+    plan = make_plan(Config(index="auto", ivf_threshold=5000), ref_hw)
+    assert plan.patches == [40248, 8690, 1536, 153]
+    assert plan.indexes == ["ivf", "ivf", "exact", "exact"]
+    assert make_plan(Config(index="auto", ivf_threshold=10_000), ref_hw).indexes == ["ivf", "exact", "exact", "exact"]
+    assert make_plan(Config(index="exact"), ref_hw).indexes == ["exact"] * 4
+    plan = make_plan(Config(index="exact", index_scales="ivf, auto", ivf_threshold=100), ref_hw)
+    assert plan.indexes == ["ivf", "ivf", "exact", "exact"]
+    assert make_plan(Config(dataset_stride=2), ref_hw).patches[0] == 117 * 86
+    assert "ivf index over 40248 patches" in make_plan(Config(index="ivf"), ref_hw).describe()
+
+
+def test_ivf_sampling_reproduces_and_stays_on_the_reference(balloons):
+    from sidpipe.metrics import nn_patch_distance
+
+    ref = balloons[:, ::2, ::2].copy()
+    cfg = Config(patch_size=11, steps=5, num_scales=3, index="ivf", nprobe=2)
+    (a,) = generate(ref, cfg)
+    (b,) = generate(ref, cfg)
+    assert np.array_equal(a, b)
+    noise = np.clip(np.random.default_rng(0).normal(0, 0.5, ref.shape), -1, 1).astype(np.float32)
+    assert nn_patch_distance(a, ref, query_stride=2) < 0.25 * nn_patch_distance(noise, ref, query_stride=2)
+    assert np.abs(a - ref).mean() > 0.1

@@ -42,7 +42,7 @@ class IVFParams:
     """
 
     nlist: int = 0
-    nprobe: int = 4
+    nprobe: int = 1
     pca: int = 0
     pq: int = 0
     train_factor: int = 64
