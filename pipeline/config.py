@@ -40,6 +40,7 @@ class Config:
     knn: int = 5                  # k: neighbours the IVF denoiser's softmax runs over
     nlist: int = 0                # IVF cells (0 = sqrt(N))
     nprobe: int = 1               # IVF cells visited per query (see benchmarks/ann_quality.py)
+    nprobe_last: int = 8          # IVF cells visited at the last step t = 1, whose estimate is the output (0 = nprobe)
     pca: int = 0                  # PCA pre-transform of IVF descriptors to this many dims (0 = off)
     pq: int = 0                   # IVF-PQ sub-quantizers (0 = IVF-Flat)
     train_factor: int = 64        # IVF training points per cell
@@ -69,6 +70,7 @@ class Config:
         _check(self.ivf_threshold >= 0, "ivf_threshold must be >= 0 (0 = device default)")
         _check(self.knn >= 1, "knn must be >= 1")
         _check(self.nlist >= 0 and self.nprobe >= 1, "nlist must be >= 0 and nprobe >= 1")
+        _check(self.nprobe_last >= 0, "nprobe_last must be >= 0 (0 = nprobe)")
         _check(self.pca >= 0 and self.pq >= 0, "pca and pq must be >= 0 (0 = off)")
         _check(self.train_factor >= 1, "train_factor must be >= 1")
         _check(self.query_stride >= 1 and self.dataset_stride >= 1, "query_stride and dataset_stride must be >= 1")

@@ -246,10 +246,13 @@ class KNNDenoiser(ImageDenoiser):
     Args (besides `ImageDenoiser`'s):
         index: an `ExactIndex` or `IVFIndex` over `grid` patches of `reference`.
         k: neighbours per query.
+        final_nprobe, final_sigma: IVF cells to visit when sigma <= final_sigma (the last step, whose
+            estimate is the output and where the softmax is sharp); 0 = the index's own nprobe.
     """
 
     def __init__(self, reference: torch.Tensor, index, *, k: int = 5, patch_size: int = 15, rho: float = 0.2,
-                 truncate: float = 3.0, query_block: int = 32, query_stride: int = 1) -> None:
+                 truncate: float = 3.0, query_block: int = 32, query_stride: int = 1,
+                 final_nprobe: int = 0, final_sigma: float = 0.0) -> None:
         super().__init__(reference, patch_size=patch_size, rho=rho, truncate=truncate,
                          query_block=query_block, query_stride=query_stride)
         from .index.grid import PatchReader
@@ -257,6 +260,7 @@ class KNNDenoiser(ImageDenoiser):
         if index.grid.patch_size != patch_size or (index.grid.height, index.grid.width) != tuple(reference.shape[-2:]):
             raise ValueError("the index was built for a different reference scale or patch size")
         self.index, self.k, self.grid = index, k, index.grid
+        self.final_nprobe, self.final_sigma = final_nprobe, final_sigma
         lo = patch_size // 2 - self.radius
         self.reader = PatchReader(reference, self.grid, window=(lo, 2 * self.radius + 1))
         self.num_patches = index.ntotal
@@ -276,7 +280,8 @@ class KNNDenoiser(ImageDenoiser):
         if alpha == 0.0:
             mean = self.mean if full else self.mean[self.box_columns]
             return mean[None].expand(q.shape[0], -1).clone()
-        dist, ids = self.index.search(q / alpha, self.k)
+        nprobe = self.final_nprobe if self.final_nprobe and sigma <= self.final_sigma else None
+        dist, ids = self.index.search(q / alpha, self.k, nprobe=nprobe)
         ids = torch.from_numpy(ids).to(q.device)
         found = ids >= 0
         ids = ids.clamp_min(0)

@@ -21,6 +21,7 @@ from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths, save_image
 from .patches import window_radius
 from .pyramid import auto_num_scales, reference_pyramid, scale_sizes
 from .sample.c2f import sample_coarse_to_fine
+from .sample.schedule import alpha_sigma
 
 Progress = Callable[[dict], None]
 
@@ -114,7 +115,9 @@ def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config) -> list[Im
             continue
         grid = PatchGrid(level.shape[0], level.shape[1], level.shape[2], cfg.patch_size, cfg.dataset_stride)
         index = IVFIndex.build(level, grid, ivf_params(cfg)).to_device(plan.device)
-        denoisers.append(KNNDenoiser(level.to(plan.device), index, k=cfg.knn, **common))
+        last_sigma = alpha_sigma(1, cfg.steps)[1]
+        denoisers.append(KNNDenoiser(level.to(plan.device), index, k=cfg.knn, final_nprobe=cfg.nprobe_last,
+                                     final_sigma=last_sigma * (1 + 1e-9), **common))
     return denoisers
 
 

@@ -22,8 +22,8 @@ class ExactIndex:
         self.ntotal = grid.size
 
     @torch.no_grad()
-    def search(self, descriptors: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, d) queries -> (squared L2 distances, ids), each (n, k), nearest first."""
+    def search(self, descriptors: np.ndarray | torch.Tensor, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) queries -> (squared L2 distances, ids), each (n, k), nearest first (nprobe is ignored)."""
         q = torch.as_tensor(np.asarray(descriptors, dtype=np.float32)).to(self.image.device)
         k = min(k, self.ntotal)
         best_d = torch.full((q.shape[0], 0), float("inf"), device=q.device)

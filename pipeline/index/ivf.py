@@ -113,13 +113,26 @@ class IVFIndex:
             index.add(np.ascontiguousarray(chunk, dtype=np.float32))
         return cls(index, grid, params)
 
-    def search(self, descriptors: np.ndarray | torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, d) float32 -> (distances, ids), each (n, k); ids are -1 where fewer than k were found."""
+    def search(self, descriptors: np.ndarray | torch.Tensor, k: int,
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(n, d) float32 -> (distances, ids), each (n, k); ids are -1 where fewer than k were found.
+
+        nprobe overrides the index's own for this call only (thread-safe: passed as search parameters).
+        """
         q = descriptors.cpu().numpy() if isinstance(descriptors, torch.Tensor) else descriptors
         q = np.ascontiguousarray(q, dtype=np.float32)
         if self.on_gpu:
             k = min(k, 2048)  # faiss GPU limit for k and nprobe
-        return self.index.search(q, k)
+        if nprobe is None or self.params.pca:
+            if nprobe is not None:  # a pre-transform wraps the IVF: set it on the IVF itself
+                self._set_nprobe(nprobe)
+                try:
+                    return self.index.search(q, k)
+                finally:
+                    self._set_nprobe(self.params.nprobe)
+            return self.index.search(q, k)
+        faiss = _faiss()
+        return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist)))
 
     # -- persistence -------------------------------------------------------------------------------
 
