@@ -27,7 +27,7 @@ Progress = Callable[[dict], None]
 
 # `--index auto` switches a scale to IVF at this many reference patches. CPU: the measured crossover of
 # exact bf16 and IVF per call on this 2-core machine (benchmarks/bench_index.py); GPU: the official rule.
-CPU_IVF_THRESHOLD = 8000
+CPU_IVF_THRESHOLD = 2000
 GPU_IVF_THRESHOLD = 250_000
 
 
