@@ -89,6 +89,10 @@ def test_save_load_round_trip(mid_ref, tmp_path):
         assert back.grid == grid and back.params == ivf.params and back.ntotal == ivf.ntotal
         a, b = ivf.search(q, 5), back.search(q, 5)
         assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    # A per-call nprobe (through the PCA pre-transform) equals setting it on the index, and does not stick.
+    wide = ivf.search(q, 5, nprobe=ivf.nlist)
+    assert np.array_equal(ivf.search(q, 5)[1], a[1])
+    assert np.array_equal(wide[1], IVFIndex(ivf.index, grid, IVFParams(nprobe=ivf.nlist, pca=32)).search(q, 5)[1])
 
 
 def test_ivf_pq_builds_and_searches(mid_ref):

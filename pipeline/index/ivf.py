@@ -123,16 +123,15 @@ class IVFIndex:
         q = np.ascontiguousarray(q, dtype=np.float32)
         if self.on_gpu:
             k = min(k, 2048)  # faiss GPU limit for k and nprobe
-        if nprobe is None or self.params.pca:
-            if nprobe is not None:  # a pre-transform wraps the IVF: set it on the IVF itself
-                self._set_nprobe(nprobe)
-                try:
-                    return self.index.search(q, k)
-                finally:
-                    self._set_nprobe(self.params.nprobe)
+        if nprobe is None:
             return self.index.search(q, k)
         faiss = _faiss()
-        return self.index.search(q, k, params=faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist)))
+        params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist))
+        if self.params.pca:  # the PCA pre-transform wraps the IVF: its parameters nest
+            outer = faiss.SearchParametersPreTransform()
+            outer.index_params = params
+            params = outer
+        return self.index.search(q, k, params=params)
 
     # -- persistence -------------------------------------------------------------------------------
 
