@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .grid import PatchGrid
+from .grid import PatchGrid, gather_patches
 
 ADD_CHUNK = 65536  # patches gathered and added per faiss.add call (bounds the build's extra memory)
 
@@ -105,7 +105,6 @@ class IVFIndex:
         if params.pq:
             n_train = min(n, max(n_train, 256 * 39))  # PQ codebooks (256 centroids) need enough points too
         train_ids = np.sort(rng.choice(n, size=n_train, replace=False))
-        from .grid import gather_patches
         train = gather_patches(image, grid, torch.from_numpy(train_ids)).numpy()
         index.train(np.ascontiguousarray(train, dtype=np.float32))
         for start in range(0, n, ADD_CHUNK):
