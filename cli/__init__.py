@@ -50,6 +50,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 from . import run_cmd  # noqa: E402,F401  (registers `run`)
+from . import eval_cmd  # noqa
+from . import bench_cmd  # noqa
 
 
 def main() -> None:
