@@ -408,6 +408,7 @@ def bench_quality(
         total = time.perf_counter() - started
         results = {
             "sidpipe_version": __version__,
+            "git": _git_state(),
             "command": command,
             "preset": preset,
             "config": json_safe(cfg.to_dict()),
@@ -427,6 +428,18 @@ def bench_quality(
         shutil.rmtree(build, ignore_errors=True)
         raise
     return results
+
+
+def _git_state() -> str:
+    """`git describe --always --dirty` of the source tree, or "unknown" (recorded for reproducibility)."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+        return res.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _all_metric_keys() -> list[tuple[str, str, str]]:
@@ -461,7 +474,7 @@ def report_markdown(results: dict) -> str:
         "# sidpipe quality report",
         "",
         f"- {len(images)} reference images, K = {k} samples each (seeds {results['seeds'][0]}..{results['seeds'][-1]}), "
-        f"preset `{results['preset']}`, sidpipe {results['sidpipe_version']}",
+        f"preset `{results['preset']}`, sidpipe {results['sidpipe_version']} (git {results.get('git', 'unknown')})",
         f"- command: `{results['command']}`" if results["command"] else "- command: (library call)",
         f"- total time {_fmt_seconds(results['total_seconds'])}",
         f"- metrics: {ev['patch']}x{ev['patch']} patches, {ev['levels']} pyramid levels, {ev['projections']} SWD "
