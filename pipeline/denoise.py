@@ -108,29 +108,83 @@ class ImageDenoiser:
         k = self.p if est.shape[1] == c * self.p**2 else 2 * self.radius + 1
         return est.T.reshape(c, k, k, nr, nc)
 
+    def _position_range(self, full: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """Patch positions (rows [a, b], cols [c, d], inclusive) whose fold can reach output rectangle box."""
+        (h, w), p = full, self.p
+        y0, y1, x0, x1 = box
+        hp, wp = patch_grid(h, w, p)
+        if self.band > 0 and (y0 < self.band or y1 > h - self.band or x0 < self.band or x1 > w - self.band):
+            lo = hi = None  # on the border band whole patches are folded: any overlapping patch counts
+            a, b, c, d = y0 - p + 1, y1 - 1, x0 - p + 1, x1 - 1
+        else:
+            lo, hi = p // 2 - self.radius, p // 2 + self.radius
+            a, b, c, d = y0 - hi, y1 - 1 - lo, x0 - hi, x1 - 1 - lo
+        return max(a, 0), min(b, hp - 1), max(c, 0), min(d, wp - 1)
+
+    def _blocks(self, full: tuple[int, int], box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
+        """The query blocks (i0, nr, j0, nc) of the global grid that the fold of `box` needs, in the fixed
+        order the whole image is folded in."""
+        h, w = full
+        hp, wp = patch_grid(h, w, self.p)
+        if hp < 1 or wp < 1:
+            raise ValueError(f"image {h}x{w} is smaller than the patch size {self.p}")
+        a, b, c, d = self._position_range(full, box)
+        st, blk = self.stride, self.block
+        rows, cols = query_positions(hp, st), query_positions(wp, st)
+
+        def runs(pos: torch.Tensor, lo: int, hi: int) -> list[tuple[int, int]]:
+            out = []
+            for k in range(0, len(pos), blk):
+                for start, n in regular_runs(pos[k:k + blk], st):
+                    if start <= hi and start + (n - 1) * st >= lo:
+                        out.append((start, n))
+            return out
+
+        col_runs = runs(cols, c, d)
+        return [(i0, nr, j0, nc) for i0, nr in runs(rows, a, b) for j0, nc in col_runs]
+
+    def support(self, full: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """Input rectangle (y0, y1, x0, x1) of x that `denoise_box(..., box)` reads."""
+        blocks = self._blocks(full, box)
+        st, p = self.stride, self.p
+        y0 = min(b[0] for b in blocks)
+        y1 = max(b[0] + (b[1] - 1) * st + p for b in blocks)
+        x0 = min(b[2] for b in blocks)
+        x1 = max(b[2] + (b[3] - 1) * st + p for b in blocks)
+        return y0, y1, x0, x1
+
     @torch.no_grad()
+    def denoise_box(self, x: torch.Tensor, origin: tuple[int, int], full: tuple[int, int],
+                    box: tuple[int, int, int, int], alpha: float, sigma: float) -> torch.Tensor:
+        """Rectangle `box` (y0, y1, x0, x1) of IMGDENOISE(x_t) for an image of size `full`, from the part
+        x of x_t starting at pixel `origin` and covering at least `support(full, box)`.
+
+        The same query blocks are estimated and folded in the same order as for the whole image, so the
+        result equals the whole image's rectangle bit for bit."""
+        c = x.shape[0]
+        (h, w), p, st = full, self.p, self.stride
+        blocks = self._blocks(full, box)
+        sy0, sy1, sx0, sx1 = self.support(full, box)
+        folder = Folder(c, sy1 - sy0, sx1 - sx0, p, self.rho, self.radius, dtype=self.fold_dtype,
+                        device=x.device, origin=(sy0, sx0), full=full)
+        hp, wp = patch_grid(h, w, p)
+        rows_band, cols_band = band_rows(hp, h, p, self.band), band_rows(wp, w, p, self.band)
+        oy, ox = origin
+        for i0, nr, j0, nc in blocks:
+            region = x[:, i0 - oy:i0 - oy + (nr - 1) * st + p, j0 - ox:j0 - ox + (nc - 1) * st + p]
+            q = F.unfold(region[None], p, stride=st)[0].T  # (nr*nc, d), raster order
+            edge = (rows_band[i0:i0 + (nr - 1) * st + 1:st][:, None]
+                    | cols_band[j0:j0 + (nc - 1) * st + 1:st][None, :]).reshape(-1)
+            est = self._block_estimate(q, edge, alpha, sigma)
+            folder.add(self._to_grid(est, c, nr, nc), i0, j0, st)
+        y0, y1, x0, x1 = box
+        out = folder.result()[:, y0 - sy0:y1 - sy0, x0 - sx0:x1 - sx0]
+        return out.to(self.fold_dtype if self.fold_dtype == torch.float64 else x.dtype)
+
     def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
         """IMGDENOISE: denoise the patches of x (C, H, W) and fold them back; returns (C, H, W)."""
-        c, h, w = x.shape
-        p = self.p
-        hp, wp = patch_grid(h, w, p)
-        if hp < 1 or wp < 1:
-            raise ValueError(f"image {h}x{w} is smaller than the patch size {p}")
-        folder = Folder(c, h, w, p, self.rho, self.radius, dtype=self.fold_dtype, device=x.device)
-        rows, cols = query_positions(hp, self.stride), query_positions(wp, self.stride)
-        rows_band, cols_band = band_rows(hp, h, p, self.band), band_rows(wp, w, p, self.band)
-        st, b = self.stride, self.block
-        for a0 in range(0, len(rows), b):
-            for i0, nr in regular_runs(rows[a0:a0 + b], st):
-                for b0 in range(0, len(cols), b):
-                    for j0, nc in regular_runs(cols[b0:b0 + b], st):
-                        region = x[:, i0:i0 + (nr - 1) * st + p, j0:j0 + (nc - 1) * st + p]
-                        q = F.unfold(region[None], p, stride=st)[0].T  # (nr*nc, d), raster order
-                        edge = (rows_band[i0:i0 + (nr - 1) * st + 1:st][:, None]
-                                | cols_band[j0:j0 + (nc - 1) * st + 1:st][None, :]).reshape(-1)
-                        est = self._block_estimate(q, edge, alpha, sigma)
-                        folder.add(self._to_grid(est, c, nr, nc), i0, j0, st)
-        return folder.result().to(self.fold_dtype if self.fold_dtype == torch.float64 else x.dtype)
+        h, w = x.shape[-2:]
+        return self.denoise_box(x, (0, 0), (h, w), (0, h, 0, w), alpha, sigma)
 
 
 class PatchDenoiser(ImageDenoiser):

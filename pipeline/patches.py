@@ -140,15 +140,19 @@ class Folder:
     blocks in the same order gives the same bits whatever else is folded (tiles == whole image).
 
     Args:
-        channels, height, width: the image being assembled.
+        channels, height, width: the image (or the rectangle of it) being assembled.
         patch_size, rho, radius: as for `fold`.
         dtype: accumulation dtype (float32, or float64 for the naive reference path).
+        origin, full: the rectangle's top-left pixel in the whole image, and the whole image's (H, W)
+            (default: the rectangle is the whole image); the border band is the whole image's.
     """
 
     def __init__(self, channels: int, height: int, width: int, patch_size: int, rho: float, radius: int,
-                 *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+                 *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 origin: tuple[int, int] = (0, 0), full: tuple[int, int] | None = None) -> None:
         p = patch_size
         self.p, self.radius, self.dtype = p, radius, dtype
+        self.origin = origin
         self.num = torch.zeros(channels, height, width, dtype=dtype, device=device)
         self.den = torch.zeros(1, height, width, dtype=dtype, device=device)
         g = window_weights(p, rho).to(dtype)
@@ -159,7 +163,14 @@ class Folder:
         self.inside = inside.reshape(-1, 1).to(device)                 # (p*p, 1)
         self.g_box = g[lo:hi, lo:hi].reshape(-1, 1).to(device)         # (k*k, 1)
         self.band = border_band(p, radius)
-        self.mask = band_mask(height, width, self.band).to(dtype).to(device) if self.band > 0 else None
+        self.mask = None
+        if self.band > 0:
+            fh, fw = full or (height, width)
+            ys = torch.arange(origin[0], origin[0] + height)
+            xs = torch.arange(origin[1], origin[1] + width)
+            rows = (ys < self.band) | (ys >= fh - self.band)
+            cols = (xs < self.band) | (xs >= fw - self.band)
+            self.mask = (rows[:, None] | cols[None, :]).to(dtype).to(device)
 
     def add(self, est: torch.Tensor, i0: int, j0: int, stride: int = 1) -> None:
         """Add a block of estimates.
@@ -167,11 +178,12 @@ class Folder:
         Args:
             est: (C, k, k, bh, bw) with k = p (whole patches; the band rule applies) or k = 2r + 1 (the
                 window only: patches that do not reach the border band).
-            i0, j0: patch position (top-left pixel) of the block's first patch.
+            i0, j0: patch position (top-left pixel, whole-image coordinates) of the block's first patch.
             stride: the block's patches sit at (i0 + stride*a, j0 + stride*b) (query stride).
         """
         c, k, _, bh, bw = est.shape
         n = bh * bw
+        i0, j0 = i0 - self.origin[0], j0 - self.origin[1]
         size = ((bh - 1) * stride + k, (bw - 1) * stride + k)
         if k == self.p:
             weights = (self.g_full * self.inside).expand(k * k, n)

@@ -1,11 +1,20 @@
-"""Scale pyramids: how many scales, their sizes, and the resampling used by DOWN, UP and BLUR."""
+"""Scale pyramids: how many scales, their sizes, and the resampling used by DOWN, UP and BLUR.
+
+Resampling is bicubic as in `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`
+(antialiased, PIL-style, when shrinking) but written as explicit per-output taps with weights that
+depend only on the *global* input and output sizes. Any rectangle of the output can therefore be
+computed from the matching rectangle of the input (plus the taps' support), and every output pixel
+is the same sum, in the same order, whatever rectangle it was computed in: tiled == whole image,
+bit for bit. Each tap is one multiply and one add (never a fused multiply-add, whose rounding can
+differ between a vectorised loop body and its scalar tail).
+"""
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 
 def auto_num_scales(height: int, width: int, patch_size: int, coarsest_ratio: float, factor: float) -> int:
@@ -30,13 +39,102 @@ def scale_sizes(height: int, width: int, num_scales: int, factor: float, min_sid
     ]
 
 
+def _cubic(x: torch.Tensor, a: float) -> torch.Tensor:
+    """Keys' cubic convolution kernel with parameter a (float64)."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+class Taps:
+    """1-D resampling from `n_in` to `n_out` samples as taps: out[o] = sum_k w[o, k] * in[idx[o, k]].
+
+    antialias=False: torch's bicubic (a = -0.75, source index clamped at the borders);
+    antialias=True: torch's/PIL's antialiased bicubic (a = -0.5, kernel widened by the shrink factor,
+    weights renormalised inside the image). Unused taps have weight 0 and repeat a used index.
+    """
+
+    def __init__(self, n_in: int, n_out: int, antialias: bool) -> None:
+        self.n_in, self.n_out = n_in, n_out
+        scale = n_in / n_out
+        o = torch.arange(n_out, dtype=torch.float64)
+        if antialias:
+            support = 2.0 * scale if scale >= 1.0 else 2.0
+            inv = 1.0 / scale if scale >= 1.0 else 1.0
+            centre = scale * (o + 0.5)
+            lo = torch.clamp((centre - support + 0.5).floor(), min=0)
+            hi = torch.clamp((centre + support + 0.5).floor(), max=n_in)
+            k = int((hi - lo).max())
+            j = torch.arange(k, dtype=torch.float64)
+            idx = lo[:, None] + j[None, :]
+            w = _cubic((idx - centre[:, None] + 0.5) * inv, -0.5)
+            w = torch.where(idx < hi[:, None], w, torch.zeros_like(w))
+            w = w / w.sum(1, keepdim=True)
+            idx = torch.minimum(idx, hi[:, None] - 1)
+        else:
+            src = scale * (o + 0.5) - 0.5
+            base = src.floor()
+            t = src - base
+            idx = (base[:, None] + torch.arange(-1, 3, dtype=torch.float64)[None, :]).clamp(0, n_in - 1)
+            w = _cubic(torch.stack([t + 1, t, 1 - t, 2 - t], 1), -0.75)
+        self.idx = idx.long()
+        self.w = w.float()
+
+    def support(self, o0: int, o1: int) -> tuple[int, int]:
+        """Input range [i0, i1) read by outputs [o0, o1)."""
+        part = self.idx[o0:o1]
+        return int(part.min()), int(part.max()) + 1
+
+    def apply(self, x: torch.Tensor, dim: int, o0: int, o1: int, origin: int = 0) -> torch.Tensor:
+        """Outputs [o0, o1) along `dim` of x, whose index 0 along `dim` is input sample `origin`."""
+        idx = self.idx[o0:o1] - origin
+        w = self.w[o0:o1].to(x.device)
+        shape = [1] * x.dim()
+        shape[dim] = o1 - o0
+        out = None
+        for k in range(idx.shape[1]):
+            term = x.index_select(dim, idx[:, k].to(x.device)) * w[:, k].reshape(shape)
+            out = term if out is None else out.add_(term)
+        return out
+
+
+@lru_cache(maxsize=128)
+def taps(n_in: int, n_out: int, antialias: bool) -> Taps:
+    return Taps(n_in, n_out, antialias)
+
+
+def resize_plan(in_size: tuple[int, int], out_size: tuple[int, int]) -> tuple[Taps, Taps]:
+    """Row and column taps of `resize` from in_size to out_size (antialiased if either side shrinks)."""
+    shrink = out_size[0] < in_size[0] or out_size[1] < in_size[1]
+    return taps(in_size[0], out_size[0], shrink), taps(in_size[1], out_size[1], shrink)
+
+
+def resize_support(in_size: tuple[int, int], out_size: tuple[int, int],
+                   box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Input rectangle (y0, y1, x0, x1) that output rectangle `box` (y0, y1, x0, x1) reads."""
+    rows, cols = resize_plan(in_size, out_size)
+    return (*rows.support(box[0], box[1]), *cols.support(box[2], box[3]))
+
+
+def resize_region(x: torch.Tensor, origin: tuple[int, int], in_size: tuple[int, int], out_size: tuple[int, int],
+                  box: tuple[int, int, int, int]) -> torch.Tensor:
+    """Rectangle `box` (y0, y1, x0, x1) of resize(image, out_size), where x is the part of the (C, *in_size)
+    image starting at `origin` (y, x) and containing at least `resize_support(...)`."""
+    rows, cols = resize_plan(in_size, out_size)
+    y0, y1, x0, x1 = box
+    c0, c1 = cols.support(x0, x1)
+    part = x[:, :, c0 - origin[1]:c1 - origin[1]]
+    part = rows.apply(part, 1, y0, y1, origin[0])
+    return cols.apply(part, 2, x0, x1, c0)
+
+
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resample (C, H, W) to `size` with bicubic interpolation, antialiased when shrinking."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    in_size = tuple(x.shape[-2:])
+    if in_size == tuple(size):
         return x.clone()
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    out = F.interpolate(x[None], size=size, mode="bicubic", align_corners=False, antialias=shrink)
-    return out[0]
+    return resize_region(x, (0, 0), in_size, tuple(size), (0, size[0], 0, size[1]))
 
 
 def reference_pyramid(reference: torch.Tensor, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
