@@ -42,13 +42,7 @@ def load_image(path: str | os.PathLike, /) -> np.ndarray:
             an unsupported shape (e.g. a stack, > 4 channels) or pixel type.
     """
     path = Path(path)
-    head = _read_head(path)
-    try:
-        arr, premultiplied = _decode(path, head)
-    except ImageError:
-        raise
-    except Exception as e:  # decoders raise many types (OSError, ValueError, RuntimeError, ...)
-        raise ImageError(f"not an image file (cannot decode): {path}") from e
+    arr, premultiplied = _decode_file(path)
     return _to_chw(arr, path, premultiplied)
 
 
@@ -97,6 +91,17 @@ def _read_head(path: Path) -> bytes:
         raise ImageError(f"cannot read input: {path} ({e.strerror or e})") from None
 
 
+def _decode_file(path: Path) -> tuple[np.ndarray, bool]:
+    """Decode a whole file with `_decode`, turning any decoder failure into ImageError."""
+    head = _read_head(path)
+    try:
+        return _decode(path, head)
+    except ImageError:
+        raise
+    except Exception as e:  # decoders raise many types (OSError, ValueError, RuntimeError, ...)
+        raise ImageError(f"not an image file (cannot decode): {path}") from e
+
+
 def _decode(path: Path, head: bytes) -> tuple[np.ndarray, bool]:
     """Decode to (H, W) or (H, W, S) in the file's dtype; also say if alpha is premultiplied."""
     if head.startswith(_PNG_MAGIC) and head[12:16] == b"IHDR" and head[24] == 16:
@@ -106,11 +111,15 @@ def _decode(path: Path, head: bytes) -> tuple[np.ndarray, bool]:
             level = tif.series[0].levels[0]
             page = level.keyframe
             if page.photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.RGB):
-                extra = page.extrasamples
-                premultiplied = bool(extra) and extra[0] == tifffile.EXTRASAMPLE.ASSOCALPHA
-                return _tiff_to_hwc(level.asarray(), level.axes, path), premultiplied
+                return _tiff_to_hwc(level.asarray(), level.axes, path), _tiff_premultiplied(page)
         # palette, min-is-white, CMYK, YCbCr, ...: PIL converts these to RGB/L below
     return _decode_pil(path), False
+
+
+def _tiff_premultiplied(page: tifffile.TiffPage) -> bool:
+    """Say whether the first extra sample of a TIFF page is associated (premultiplied) alpha."""
+    extra = page.extrasamples
+    return bool(extra) and extra[0] == tifffile.EXTRASAMPLE.ASSOCALPHA
 
 
 def _tiff_to_hwc(arr: np.ndarray, axes: str, path: Path) -> np.ndarray:
