@@ -108,7 +108,7 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
     from scipy import linalg
 
     diff = np.asarray(mu1) - np.asarray(mu2)
-    covmean, _ = linalg.sqrtm(cov1 @ cov2, disp=False)
+    covmean = linalg.sqrtm(cov1 @ cov2)
     if not np.isfinite(covmean).all():
         off = np.eye(cov1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((cov1 + off) @ (cov2 + off))
