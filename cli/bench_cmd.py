@@ -27,6 +27,7 @@ def quality(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set key=value (repeatable).")] = None,
     query_stride: Annotated[int, typer.Option("--query-stride", help="Nearest-patch searches query every s-th patch row/column.")] = 2,
     metric_seed: Annotated[int, typer.Option("--metric-seed", help="Seed of the SWD random projections.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run with the same images and settings (finished images are kept).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Generate K samples per reference image, measure them, and write REPORT_DIR/report.md."""
@@ -47,7 +48,8 @@ def quality(
         settings = EvalSettings(seed=metric_seed, query_stride=query_stride)
         command = "sidpipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
         log(f"{len(refs)} reference(s), {samples} sample(s) each -> {out}")
-        bench_quality(refs, cfg, out, samples, settings=settings, preset=preset, command=command, log=log)
+        bench_quality(refs, cfg, out, samples, settings=settings, preset=preset, command=command, resume=resume,
+                      log=log)
     except SidpipeError as exc:
         fail(str(exc))
     log(f"wrote {out / 'report.md'}")

@@ -304,8 +304,14 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
-    """Check REPORT_DIR can be (re)placed; return the hidden build folder next to it."""
+def build_dir_for(out_dir: Path) -> Path:
+    """The hidden folder a report is built in (next to REPORT_DIR); it is kept when a run is interrupted."""
+    parent = out_dir.parent if str(out_dir.parent) else Path(".")
+    return parent / f".{out_dir.name}.part"
+
+
+def _prepare_out_dir(out_dir: Path, state: dict, resume: bool) -> tuple[Path, bool]:
+    """Check REPORT_DIR can be (re)placed; return (build folder, resumed?)."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ConfigError(f"--out exists and is not a folder: {out_dir}")
@@ -316,9 +322,23 @@ def _prepare_out_dir(out_dir: Path) -> Path:
         raise ConfigError(f"--out: folder does not exist: {parent}")
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"--out: folder is not writable: {parent}")
-    build = parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.part"
+    build = build_dir_for(out_dir)
+    if build.exists():
+        if not resume:
+            raise ConfigError(f"an unfinished run is in {build}: add --resume to continue it, or delete that folder")
+        try:
+            old = json.loads((build / "state.json").read_text())
+        except (OSError, ValueError):
+            raise ConfigError(f"cannot resume: {build}/state.json is missing or unreadable") from None
+        if old != state:
+            diff = sorted(k for k in set(old) | set(state) if old.get(k) != state.get(k))
+            raise ConfigError(f"cannot resume {build}: it was started with a different {', '.join(diff)}")
+        return build, True
     build.mkdir()
-    return build
+    for sub in ("samples", "sheets", "images"):
+        (build / sub).mkdir()
+    write_text_atomic(build / "state.json", json.dumps(state, indent=2) + "\n")
+    return build, False
 
 
 def _publish(build: Path, out_dir: Path) -> None:
@@ -332,6 +352,12 @@ def _publish(build: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def quantise8(img: np.ndarray) -> np.ndarray:
+    """The image as an 8-bit file holds it (what `save_image` writes and `load_image` reads back)."""
+    q = np.round((np.clip(np.asarray(img, np.float64), -1.0, 1.0) + 1.0) * 127.5)
+    return (q / 127.5 - 1.0).astype(np.float32)
+
+
 def bench_quality(
     references: Sequence[Path],
     cfg,
@@ -341,13 +367,21 @@ def bench_quality(
     settings: EvalSettings = EvalSettings(),
     preset: str = "default",
     command: str = "",
+    resume: bool = False,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict:
     """Generate `samples` images per reference with `cfg` (seeds cfg.seed .. cfg.seed + K - 1), evaluate
-    them and write report.md, results.json, per_image.png, sheets/ and samples/ into `out_dir`."""
+    them and write report.md, results.json, per_image.png, sheets/ and samples/ into `out_dir`.
+
+    The report is built in a hidden folder next to `out_dir` (see :func:`build_dir_for`) that is moved
+    into place when every image is done. After each image its numbers are saved there and report.md /
+    results.json are rewritten (marked partial), so an interrupted run leaves a readable partial report;
+    ``resume=True`` continues it (same images, config and settings), skipping finished images.
+    Metrics are computed on the samples as saved (8-bit), i.e. what `sidpipe eval` on the files gives.
+    """
+    from . import runner
     from .io.read import load_image
     from .io.write import save_image
-    from .runner import generate, make_plan
 
     if samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {samples}")
@@ -357,7 +391,7 @@ def bench_quality(
     for path in references:
         ref = load_image(path)
         try:
-            plan = make_plan(cfg, tuple(ref.shape[-2:]))
+            plan = runner.make_plan(cfg, tuple(ref.shape[-2:]))
         except SidpipeError as exc:
             raise type(exc)(f"{path.name}: {exc}") from None
         if min(ref.shape[-2:]) < settings.patch:
@@ -367,18 +401,37 @@ def bench_quality(
     if len(set(stems)) != len(stems):
         raise ImageError("two references share a file name stem; rename one (outputs are named by stem)")
 
-    build = _prepare_out_dir(out_dir)
+    state = {"references": [str(p.resolve()) for p in references], "config": json_safe(cfg.to_dict()),
+             "eval": settings.to_dict(), "preset": preset}
+    build, resumed = _prepare_out_dir(out_dir, state, resume)
+    meta = {"sidpipe_version": __version__, "git": _git_state(), "command": command, "preset": preset,
+            "config": state["config"], "seeds": list(range(cfg.seed, cfg.seed + samples)),
+            "samples_per_image": samples, "eval": settings.to_dict(), "sifid": SIFID_NOTE}
+    started = time.perf_counter()
+    images_out: list[dict] = []
+    n = len(loaded)
+    fresh = 0
     try:
-        (build / "samples").mkdir()
-        (build / "sheets").mkdir()
-        started = time.perf_counter()
-        images_out = []
-        n = len(loaded)
         for i, (path, ref, plan) in enumerate(loaded):
+            record = build / "images" / f"{path.stem}.json"
+            if resumed and record.is_file():
+                images_out.append(json.loads(record.read_text()))
+                log(f"[{i + 1}/{n}] {path.name}: already done (resumed)")
+                continue
             t0 = time.perf_counter()
             log(f"[{i + 1}/{n}] {path.name}: generating {samples} sample(s), {plan.num_scales} scales")
-            outs = generate(ref, cfg, plan=plan)
+            last = [0, t0]
+
+            def on_step(info: dict) -> None:
+                if info.get("event") == "step" and info["sample"] != last[0]:
+                    now = time.perf_counter()
+                    log(f"    sample {last[0] + 1}/{samples} done ({now - last[1]:.1f} s)")
+                    last[0], last[1] = info["sample"], now
+
+            outs = runner.generate(ref, cfg, plan=plan, progress=on_step)
             t_gen = time.perf_counter() - t0
+            log(f"    sample {samples}/{samples} done ({time.perf_counter() - last[1]:.1f} s)")
+            outs = [quantise8(x) for x in outs]
             files = []
             for k, img in enumerate(outs):
                 name = f"{path.stem}_s{cfg.seed + k}.png"
@@ -392,41 +445,43 @@ def bench_quality(
                                   title=f"{path.name}: {samples} samples, preset {preset}")
             sheet_name = f"sheets/{path.stem}.png"
             write_bytes_atomic(build / sheet_name, png_bytes(sheet))
-            images_out.append({
+            entry = {
                 "name": path.stem, "file": str(path), "size": [int(ref.shape[2]), int(ref.shape[1])],
                 "plan": plan.describe(), "samples": files, "sheet": sheet_name,
                 "seconds_per_sample": t_gen / samples, "eval_seconds": t_eval,
                 "rows": ev["rows"], "mean": ev["mean"],
                 "std": {k: _mean_std([r[k] for r in ev["rows"]])[1] for k in ev["rows"][0]},
                 "pixel_diversity": ev["pixel_diversity"], "pairwise_distance": ev["pairwise_distance"],
-            })
+            }
+            write_text_atomic(record, json.dumps(json_safe(entry), indent=2) + "\n")
+            images_out.append(entry)
+            fresh += 1
+            _write_report(build, meta, images_out, n, time.perf_counter() - started)
             done = time.perf_counter() - started
-            eta = done / (i + 1) * (n - i - 1)
+            left = sum(1 for p, _, _ in loaded[i + 1:] if not (build / "images" / f"{p.stem}.json").is_file())
+            eta = done / fresh * left
             log(f"[{i + 1}/{n}] {path.name}: done in {time.perf_counter() - t0:.1f} s "
                 f"(generate {t_gen:.1f} s, evaluate {t_eval:.1f} s); elapsed {_fmt_seconds(done)}, "
                 f"ETA {_fmt_seconds(eta)}")
-        total = time.perf_counter() - started
-        results = {
-            "sidpipe_version": __version__,
-            "git": _git_state(),
-            "command": command,
-            "preset": preset,
-            "config": json_safe(cfg.to_dict()),
-            "seeds": list(range(cfg.seed, cfg.seed + samples)),
-            "samples_per_image": samples,
-            "eval": settings.to_dict(),
-            "sifid": SIFID_NOTE,
-            "total_seconds": total,
-            "summary": summarize(images_out),
-            "images": images_out,
-        }
-        write_text_atomic(build / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
-        write_bytes_atomic(build / "per_image.png", plot_per_image(images_out))
-        write_text_atomic(build / "report.md", report_markdown(results))
+        results = _write_report(build, meta, images_out, n, time.perf_counter() - started)
         _publish(build, out_dir)
     except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
+        if images_out:
+            log(f"stopped after {len(images_out)}/{n} images; partial report: {build / 'report.md'}; "
+                f"continue with --resume")
+        elif not resumed:
+            shutil.rmtree(build, ignore_errors=True)
         raise
+    return results
+
+
+def _write_report(build: Path, meta: dict, images: list[dict], total: int, seconds: float) -> dict:
+    results = dict(meta)
+    results.update({"partial": len(images) < total, "images_done": len(images), "images_total": total,
+                    "total_seconds": seconds, "summary": summarize(images), "images": images})
+    write_text_atomic(build / "results.json", json.dumps(json_safe(results), indent=2) + "\n")
+    write_bytes_atomic(build / "per_image.png", plot_per_image(images))
+    write_text_atomic(build / "report.md", report_markdown(results))
     return results
 
 
@@ -473,10 +528,12 @@ def report_markdown(results: dict) -> str:
     lines = [
         "# sidpipe quality report",
         "",
+        *([f"**PARTIAL: {results['images_done']} of {results['images_total']} images done.**", ""]
+          if results.get("partial") else []),
         f"- {len(images)} reference images, K = {k} samples each (seeds {results['seeds'][0]}..{results['seeds'][-1]}), "
         f"preset `{results['preset']}`, sidpipe {results['sidpipe_version']} (git {results.get('git', 'unknown')})",
         f"- command: `{results['command']}`" if results["command"] else "- command: (library call)",
-        f"- total time {_fmt_seconds(results['total_seconds'])}",
+        f"- time {_fmt_seconds(results['total_seconds'])} (this session; per-image seconds below)",
         f"- metrics: {ev['patch']}x{ev['patch']} patches, {ev['levels']} pyramid levels, {ev['projections']} SWD "
         f"projections (seed {ev['seed']}), nearest-patch query stride {ev['query_stride']}; SIFID {results['sifid']}",
         "",
