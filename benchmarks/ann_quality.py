@@ -25,7 +25,8 @@ from sidpipe.io.write import save_image
 from sidpipe.metrics import coverage_distance, nn_patch_distance
 from sidpipe.patches import unfold
 from sidpipe.pyramid import reference_pyramid
-from sidpipe.runner import generate, ivf_params, make_plan
+from sidpipe.plan import ivf_params, make_plan
+from sidpipe.runner import generate
 
 
 def recall_at(ref: np.ndarray, cfg, plan, alpha: float, n_queries: int = 2000) -> float:

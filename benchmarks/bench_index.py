@@ -31,7 +31,8 @@ from sidpipe.index import IVFIndex, PatchGrid
 from sidpipe.io.read import load_image
 from sidpipe.patches import window_radius
 from sidpipe.pyramid import resize
-from sidpipe.runner import generate, ivf_params, make_plan
+from sidpipe.plan import ivf_params, make_plan
+from sidpipe.runner import generate
 
 MODES = {"exact-fp32": {"index": "exact", "precision": "fp32"},
          "exact-bf16": {"index": "exact", "precision": "bf16"},

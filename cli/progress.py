@@ -24,6 +24,9 @@ class Reporter:
             plan = info["plan"]
             typer.echo(plan.describe(), err=True)
             total = info["samples"] * plan.num_scales * info["steps"]
+            if info.get("tiled"):
+                typer.echo(tiled_summary(plan, info["tile"], info["channels"], info["steps"]), err=True)
+                total = None  # set by the first tile event
             if self.tty:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -33,6 +36,16 @@ class Reporter:
                 )
                 self._bar.start()
                 self._task = self._bar.add_task("sampling", total=total)
+        elif kind == "tile":
+            if self._bar is not None:
+                if self._bar.tasks[self._task].total != info["total"]:
+                    self._bar.update(self._task, total=info["total"])
+                desc = f"scale {info['scale']} step {info['t']} pass {info['pass']}"
+                self._bar.update(self._task, completed=info["done"], description=desc)
+            elif info["done"] == info["total"] or info["done"] % max(1, info["total"] // 20) == 0:
+                typer.echo(f"tiles {info['done']}/{info['total']} ({info['seconds']:.0f} s)", err=True)
+        elif kind == "index":
+            typer.echo(f"building the IVF index of scale {info['scale']} ({info['patches']} patches)", err=True)
         elif kind == "step" and self._bar is not None:
             desc = f"sample {info['sample']} scale {info['scale']} step {info['t']}"
             self._bar.update(self._task, advance=1, description=desc)
@@ -46,3 +59,16 @@ class Reporter:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def tiled_summary(plan, tile: int, channels: int, steps: int) -> str:
+    """What the out-of-core pipeline will do: tiles per scale and rough peak memory and disk."""
+    tiles = [-(-h // tile) * -(-w // tile) for h, w in plan.out_sizes]
+    h, w = plan.out_sizes[0]
+    state = 4 * channels * h * w * (3 + 1 / 3)  # x0, x1, xhat at scale 0, plus the coarser scales' results
+    rh, rw = plan.ref_sizes[0]
+    per_tile = 4 * channels * (tile + 2 * 64) ** 2 * 40  # tile + halo and the denoiser's block temporaries
+    reference = 4 * channels * rh * rw * 25  # the finest reference level and its patch-row stores
+    return (f"out of core: tile {tile}, tiles per scale (finest first) {tiles}, {2 * steps} passes per scale; "
+            f"disk ~{state / 2**30:.2f} GiB of state, memory ~{(per_tile + reference) / 2**30:.2f} GiB "
+            f"per worker (estimate)")

@@ -29,9 +29,22 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set key=value (repeatable).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     index: Annotated[Optional[str], typer.Option(help="Nearest-neighbour search: auto | exact | ivf")] = None,
+    tile_size: Annotated[int, typer.Option("--tile-size", help="Compute tile side (px) of the out-of-core pipeline; "
+                                           "outputs larger than one tile run out of core.")] = 1024,
+    workers: Annotated[int, typer.Option(help="Tiles computed at once (0 = one per core).")] = 0,
+    scheduler: Annotated[str, typer.Option(help="threads | processes | distributed (a LocalCluster)")] = "threads",
+    address: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, e.g. tcp://host:8786.")] = None,
+    workdir: Annotated[Optional[Path], typer.Option(help="Run directory (default: OUT.sidpipe beside the output); "
+                                                    "giving one forces the out-of-core pipeline.")] = None,
+    keep_workdir: Annotated[bool, typer.Option("--keep-workdir", help="Keep the run directory after success.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard an unfinished run of a different job.")] = False,
+    compression: Annotated[str, typer.Option(help="BigTIFF compression: zlib | zstd | jpeg | none")] = "zlib",
+    bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16 bits per channel.")] = 8,
+    dpi: Annotated[Optional[float], typer.Option(help="Resolution tags of TIFF output (dots per inch).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Generate new images whose patches, at every scale, match the reference's."""
+    from sidpipe.runner import RunOptions
     from sidpipe.runner import run as run_job
 
     reporter = Reporter(quiet=quiet)
@@ -45,7 +58,10 @@ def run(
         cfg = load_config(preset, overrides)
         if not input.is_file():
             raise SidpipeError(f"input not found: {input}")
-        run_job(input, out, cfg, progress=reporter)
+        options = RunOptions(tile_size=tile_size, workers=workers, scheduler=scheduler, address=address,
+                             workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite,
+                             compression=compression, bit_depth=bit_depth, dpi=dpi)
+        run_job(input, out, cfg, progress=reporter, options=options)
     except SidpipeError as exc:
         reporter.close()
         fail(str(exc))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,116 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
+from . import __version__
 from .config import Config
-from .denoise import ImageDenoiser, KNNDenoiser, PatchDenoiser
-from .devices import resolve_device, resolve_precision
-from .errors import ConfigError, ImageError
-from .index import IVFIndex, IVFParams, PatchGrid
-from .index.ivf import set_threads
+from .errors import ConfigError, SidpipeError
+from .io.bigtiff import ZarrSource, build_levels, write_bigtiff, write_ome_zarr
 from .io.read import load_image
 from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths, save_image
-from .patches import window_radius
-from .pyramid import auto_num_scales, reference_pyramid, scale_sizes
+from .plan import Plan, build_denoisers, build_index, make_plan
+from .pyramid import reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
-from .sample.schedule import alpha_sigma
+from .store import RunDir, fingerprint
+from .tiles import Executor, sample_tiled
 
 Progress = Callable[[dict], None]
-
-# `--index auto` switches a scale to IVF at this many reference patches. CPU: the measured crossover of
-# exact bf16 and IVF per call on this 2-core machine (benchmarks/bench_index.py); GPU: the official rule.
-CPU_IVF_THRESHOLD = 2000
-GPU_IVF_THRESHOLD = 250_000
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a run will compute: per-scale sizes (index 0 = finest) and the resolved compute settings."""
-
-    ref_sizes: list[tuple[int, int]]
-    out_sizes: list[tuple[int, int]]
-    device: torch.device
-    precision: str
-    indexes: list[str]            # per scale (index 0 = finest): "exact" or "ivf"
-    patches: list[int]            # reference patches per scale (in the index, after dataset_stride)
-
-    @property
-    def num_scales(self) -> int:
-        return len(self.ref_sizes)
-
-    def describe(self) -> str:
-        lines = [f"{self.num_scales} scales, device {self.device.type}, precision {self.precision}"]
-        for s in range(self.num_scales - 1, -1, -1):
-            (rh, rw), (oh, ow) = self.ref_sizes[s], self.out_sizes[s]
-            lines.append(f"  scale {s}: reference {rw}x{rh} -> output {ow}x{oh}, "
-                         f"{self.indexes[s]} index over {self.patches[s]} patches")
-        return "\n".join(lines)
-
-
-def make_plan(cfg: Config, ref_hw: tuple[int, int]) -> Plan:
-    """Check sizes against the patch size and resolve scales, device, precision and index."""
-    h, w = ref_hw
-    p = cfg.patch_size
-    if min(h, w) < 2 * p:
-        raise ImageError(f"reference is {w}x{h}; it must be at least 2*patch_size = {2 * p} px on each side")
-    out_w = cfg.width or (w if not cfg.height else round(w * cfg.height / h))
-    out_h = cfg.height or (h if not cfg.width else round(h * cfg.width / w))
-    if min(out_h, out_w) < p:
-        raise ConfigError(f"output size {out_w}x{out_h} is smaller than the patch size {p}")
-    n = cfg.num_scales or auto_num_scales(h, w, p, cfg.coarsest_ratio, cfg.scale_factor)
-    ref_sizes = scale_sizes(h, w, n, cfg.scale_factor)
-    if min(ref_sizes[-1]) < p:
-        raise ConfigError(
-            f"num_scales={n} makes the coarsest reference scale {ref_sizes[-1][1]}x{ref_sizes[-1][0]}, "
-            f"smaller than the patch size {p}")
-    out_sizes = scale_sizes(out_h, out_w, n, cfg.scale_factor, min_side=p)
-    window = 2 * window_radius(p, cfg.rho, cfg.fold_truncate) + 1
-    if cfg.query_stride > window:
-        raise ConfigError(f"query_stride={cfg.query_stride} would leave pixels uncovered: the fold window is {window} px "
-                          f"wide (p={p}, rho={cfg.rho}); use at most {window}")
-    device = resolve_device(cfg.device)
-    patches = [PatchGrid(1, rh, rw, p, cfg.dataset_stride).size for rh, rw in ref_sizes]
-    indexes = resolve_indexes(cfg, patches, device)
-    return Plan(ref_sizes, out_sizes, device, resolve_precision(cfg.precision, device), indexes, patches)
-
-
-def resolve_indexes(cfg: Config, patches: list[int], device: torch.device) -> list[str]:
-    """Exact or IVF per scale: `index_scales` entries, else `index`; auto compares the scale's patch count
-    with `ivf_threshold` (0 = the device default: the measured CPU crossover, or the official 250k on a GPU)."""
-    per_scale = cfg.scale_indexes()
-    if len(per_scale) > len(patches):
-        raise ConfigError(f"index_scales lists {len(per_scale)} scales but the run has {len(patches)}")
-    threshold = cfg.ivf_threshold or (GPU_IVF_THRESHOLD if device.type == "cuda" else CPU_IVF_THRESHOLD)
-    kinds = []
-    for s, n in enumerate(patches):
-        kind = per_scale[s] if s < len(per_scale) else cfg.index
-        if kind == "auto":
-            kind = "ivf" if n >= threshold else "exact"
-        kinds.append(kind)
-    return kinds
-
-
-def ivf_params(cfg: Config) -> IVFParams:
-    return IVFParams(nlist=cfg.nlist, nprobe=cfg.nprobe, pca=cfg.pca, pq=cfg.pq, train_factor=cfg.train_factor)
-
-
-def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config) -> list[ImageDenoiser]:
-    """One closed-form denoiser per scale: exact, or k-NN over that scale's IVF index."""
-    pyramid = reference_pyramid(reference, plan.ref_sizes)
-    set_threads(torch.get_num_threads())
-    common = dict(patch_size=cfg.patch_size, rho=cfg.rho, truncate=cfg.fold_truncate,
-                  query_block=cfg.query_block, query_stride=cfg.query_stride)
-    denoisers: list[ImageDenoiser] = []
-    for level, kind in zip(pyramid, plan.indexes):
-        if kind == "exact":
-            denoisers.append(PatchDenoiser(level.to(plan.device), precision=plan.precision, **common))
-            continue
-        grid = PatchGrid(level.shape[0], level.shape[1], level.shape[2], cfg.patch_size, cfg.dataset_stride)
-        index = IVFIndex.build(level, grid, ivf_params(cfg)).to_device(plan.device)
-        last_sigma = alpha_sigma(1, cfg.steps)[1]
-        denoisers.append(KNNDenoiser(level.to(plan.device), index, k=cfg.knn, final_nprobe=cfg.nprobe_last,
-                                     final_sigma=last_sigma * (1 + 1e-9), **common))
-    return denoisers
 
 
 @torch.no_grad()
@@ -150,26 +58,164 @@ def generate(
     return results
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed and written; none of these change the pixels (bar bit_depth's quantisation).
+
+    out_of_core: None = automatic (when the output does not fit in one tile, or for .zarr output).
+    """
+
+    tile_size: int = 1024
+    workers: int = 0                 # 0 = one task per core
+    scheduler: str = "threads"       # threads | processes | distributed
+    address: str | None = None       # join an existing dask scheduler (implies distributed)
+    workdir: Path | None = None      # run directory (default: <OUT>.sidpipe next to the output)
+    keep_workdir: bool = False
+    overwrite: bool = False
+    out_of_core: bool | None = None
+    compression: str = "zlib"        # BigTIFF output: zlib | zstd | jpeg | none
+    bit_depth: int = 8
+    dpi: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 64 or self.tile_size % 16:
+            raise ConfigError(f"--tile-size must be a multiple of 16 and >= 64, got {self.tile_size}")
+        if self.workers < 0:
+            raise ConfigError("--workers must be >= 0")
+        if self.scheduler not in ("threads", "processes", "distributed"):
+            raise ConfigError(f"--scheduler must be threads, processes or distributed, got {self.scheduler!r}")
+        if self.compression not in ("zlib", "zstd", "jpeg", "none"):
+            raise ConfigError(f"--compression must be zlib, zstd, jpeg or none, got {self.compression!r}")
+        if self.bit_depth not in (8, 16):
+            raise ConfigError(f"--bit-depth must be 8 or 16, got {self.bit_depth}")
+        if self.compression == "jpeg" and self.bit_depth != 8:
+            raise ConfigError("--compression jpeg needs --bit-depth 8")
+        if self.dpi is not None and self.dpi <= 0:
+            raise ConfigError("--dpi must be > 0")
+
+
 def check_output(out: Path) -> None:
     """Refuse an output path we cannot write before any heavy work starts."""
-    if out.suffix.lower() not in SUPPORTED_OUTPUT_SUFFIXES:
-        raise ConfigError(f"unsupported output type {out.suffix or '(none)'!r}; use one of {', '.join(SUPPORTED_OUTPUT_SUFFIXES)}")
+    if out.suffix.lower() not in SUPPORTED_OUTPUT_SUFFIXES + (".zarr",):
+        raise ConfigError(f"unsupported output type {out.suffix or '(none)'!r}; "
+                          f"use one of {', '.join(SUPPORTED_OUTPUT_SUFFIXES + ('.zarr',))}")
     if not out.parent.exists():
         raise ConfigError(f"output folder does not exist: {out.parent}")
 
 
-def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None = None) -> list[Path]:
+class Interrupted(SidpipeError):
+    """SIGTERM (what Slurm sends before preemption) arrived: finished tiles are kept for a resume."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Interrupted("stopped by SIGTERM; finished tiles are kept: run the same command again to resume")
+
+
+def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None = None,
+        options: RunOptions | None = None) -> list[Path]:
     """Read the reference, generate cfg.samples images and write them; returns the written paths."""
+    options = options or RunOptions()
     check_output(out)
     started = time.perf_counter()
     reference = load_image(input_path)
     plan = make_plan(cfg, reference.shape[-2:])
+    oh, ow = plan.out_sizes[0]
+    tiled = options.out_of_core
+    if tiled is None:
+        tiled = oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
+    if not tiled and out.suffix.lower() == ".zarr":
+        raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     if progress is not None:
-        progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps})
-    images = generate(reference, cfg, progress=progress, plan=plan)
+        progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
+                  "tiled": tiled, "tile": options.tile_size, "channels": reference.shape[0]})
     paths = output_paths(out, cfg.samples)
-    for path, image in zip(paths, images):
-        save_image(path, image)
+    if tiled:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+        try:
+            for k, path in enumerate(paths):
+                run_out_of_core(input_path, reference, path, cfg.replace(seed=cfg.seed + k, samples=1), plan,
+                                options, progress=progress)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    else:
+        images = generate(reference, cfg, progress=progress, plan=plan)
+        for path, image in zip(paths, images):
+            save_image(path, image, bit_depth=options.bit_depth)
     if progress is not None:
         progress({"event": "done", "paths": paths, "seconds": time.perf_counter() - started})
     return paths
+
+
+def run_out_of_core(input_path: Path, reference: np.ndarray, out: Path, cfg: Config, plan: Plan,
+                    options: RunOptions, *, progress: Progress | None = None) -> Path:
+    """One sample through the run directory: reference pyramid and indexes on disk, tiled sampling over
+    zarr, streamed output. Resumes whatever a previous, interrupted run of the same job had finished."""
+    channels = reference.shape[0]
+    run_dir = options.workdir or out.with_name(out.name + ".sidpipe")
+    identity = {"config": cfg.to_dict(), "input": fingerprint(input_path), "output_size": list(plan.out_sizes[0])}
+    extra = {
+        "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
+                 "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
+        "layout": {"tile": options.tile_size, "channels": channels},
+        "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
+    }
+    run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
+    tile = run.manifest()["layout"]["tile"]  # a resumed run keeps the tiling its arrays were made with
+    if not run.done("reference"):
+        group = run.reference()
+        for s, level in enumerate(reference_pyramid(torch.from_numpy(reference), plan.ref_sizes)):
+            group.create_array(str(s), data=level.numpy(), chunks=(channels, 1024, 1024), overwrite=True)
+        group.attrs["ome"] = ome_multiscales(plan.ref_sizes, "reference")
+        run.mark("reference")
+    for s, kind in enumerate(plan.indexes):
+        if kind == "ivf" and not run.done(f"index-s{s}"):
+            if progress is not None:
+                progress({"event": "index", "scale": s, "patches": plan.patches[s]})
+            level = torch.from_numpy(run.reference()[str(s)][...])
+            build_index(level, cfg).save(run.index_path(s))
+            run.mark(f"index-s{s}")
+    workers = options.workers or torch.get_num_threads()
+    scheduler = "distributed" if options.address else options.scheduler
+    executor = Executor(scheduler, workers, options.address)
+    try:
+        sample_tiled(run, cfg, plan, channels=channels, tile=tile, executor=executor, seed=cfg.seed,
+                     progress=progress)
+    finally:
+        executor.close()
+    write_output(run, out, options, progress=progress)
+    if not options.keep_workdir:
+        shutil.rmtree(run.path, ignore_errors=True)
+    return out
+
+
+def ome_multiscales(sizes: list[tuple[int, int]], name: str) -> dict:
+    """OME-Zarr 0.5 multiscales metadata for arrays "0", "1", ... of the given sizes (finest first)."""
+    h0, w0 = sizes[0]
+    return {"version": "0.5", "multiscales": [{
+        "name": name,
+        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": str(s), "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, h0 / h, w0 / w]}]} for s, (h, w) in enumerate(sizes)],
+    }]}
+
+
+def write_output(run: RunDir, out: Path, options: RunOptions, *, progress: Progress | None = None) -> None:
+    """Stream x_{0,0} from the run's state into the output file (BigTIFF, OME-Zarr, or PNG/JPEG)."""
+    source = ZarrSource(run.state()["s0/x0"])
+    suffix = out.suffix.lower()
+    if suffix in (".png", ".jpg", ".jpeg"):  # formats without tiles: the image is assembled in memory
+        c, h, w = source.shape
+        save_image(out, source.read(0, h, 0, w), bit_depth=options.bit_depth)
+        return
+    levels = [source, *build_levels(source, zarr.open_group(run.path / "levels.zarr", mode="w"))]
+
+    def report(done: int, total: int) -> None:
+        if progress is not None:
+            progress({"event": "write", "done": done, "total": total})
+
+    if suffix == ".zarr":
+        write_ome_zarr(out, levels, bit_depth=options.bit_depth)
+    else:
+        write_bigtiff(out, levels, compression=options.compression, bit_depth=options.bit_depth, dpi=options.dpi,
+                      progress=report)

@@ -1,0 +1,119 @@
+"""What a run computes: the per-scale plan (sizes, device, precision, index kind) and the denoisers it needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import Config
+from .denoise import ImageDenoiser, KNNDenoiser, PatchDenoiser
+from .devices import resolve_device, resolve_precision
+from .errors import ConfigError, ImageError
+from .index import IVFIndex, IVFParams, PatchGrid
+from .index.ivf import set_threads
+from .patches import window_radius
+from .pyramid import auto_num_scales, reference_pyramid, scale_sizes
+from .sample.schedule import alpha_sigma
+
+# `--index auto` switches a scale to IVF at this many reference patches. CPU: the measured crossover of
+# exact bf16 and IVF per call on this 2-core machine (benchmarks/bench_index.py); GPU: the official rule.
+CPU_IVF_THRESHOLD = 2000
+GPU_IVF_THRESHOLD = 250_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will compute: per-scale sizes (index 0 = finest) and the resolved compute settings."""
+
+    ref_sizes: list[tuple[int, int]]
+    out_sizes: list[tuple[int, int]]
+    device: torch.device
+    precision: str
+    indexes: list[str]            # per scale (index 0 = finest): "exact" or "ivf"
+    patches: list[int]            # reference patches per scale (in the index, after dataset_stride)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.ref_sizes)
+
+    def describe(self) -> str:
+        lines = [f"{self.num_scales} scales, device {self.device.type}, precision {self.precision}"]
+        for s in range(self.num_scales - 1, -1, -1):
+            (rh, rw), (oh, ow) = self.ref_sizes[s], self.out_sizes[s]
+            lines.append(f"  scale {s}: reference {rw}x{rh} -> output {ow}x{oh}, "
+                         f"{self.indexes[s]} index over {self.patches[s]} patches")
+        return "\n".join(lines)
+
+
+def make_plan(cfg: Config, ref_hw: tuple[int, int]) -> Plan:
+    """Check sizes against the patch size and resolve scales, device, precision and index."""
+    h, w = ref_hw
+    p = cfg.patch_size
+    if min(h, w) < 2 * p:
+        raise ImageError(f"reference is {w}x{h}; it must be at least 2*patch_size = {2 * p} px on each side")
+    out_w = cfg.width or (w if not cfg.height else round(w * cfg.height / h))
+    out_h = cfg.height or (h if not cfg.width else round(h * cfg.width / w))
+    if min(out_h, out_w) < p:
+        raise ConfigError(f"output size {out_w}x{out_h} is smaller than the patch size {p}")
+    n = cfg.num_scales or auto_num_scales(h, w, p, cfg.coarsest_ratio, cfg.scale_factor)
+    ref_sizes = scale_sizes(h, w, n, cfg.scale_factor)
+    if min(ref_sizes[-1]) < p:
+        raise ConfigError(
+            f"num_scales={n} makes the coarsest reference scale {ref_sizes[-1][1]}x{ref_sizes[-1][0]}, "
+            f"smaller than the patch size {p}")
+    out_sizes = scale_sizes(out_h, out_w, n, cfg.scale_factor, min_side=p)
+    window = 2 * window_radius(p, cfg.rho, cfg.fold_truncate) + 1
+    if cfg.query_stride > window:
+        raise ConfigError(f"query_stride={cfg.query_stride} would leave pixels uncovered: the fold window is {window} px "
+                          f"wide (p={p}, rho={cfg.rho}); use at most {window}")
+    device = resolve_device(cfg.device)
+    patches = [PatchGrid(1, rh, rw, p, cfg.dataset_stride).size for rh, rw in ref_sizes]
+    indexes = resolve_indexes(cfg, patches, device)
+    return Plan(ref_sizes, out_sizes, device, resolve_precision(cfg.precision, device), indexes, patches)
+
+
+def resolve_indexes(cfg: Config, patches: list[int], device: torch.device) -> list[str]:
+    """Exact or IVF per scale: `index_scales` entries, else `index`; auto compares the scale's patch count
+    with `ivf_threshold` (0 = the device default: the measured CPU crossover, or the official 250k on a GPU)."""
+    per_scale = cfg.scale_indexes()
+    if len(per_scale) > len(patches):
+        raise ConfigError(f"index_scales lists {len(per_scale)} scales but the run has {len(patches)}")
+    threshold = cfg.ivf_threshold or (GPU_IVF_THRESHOLD if device.type == "cuda" else CPU_IVF_THRESHOLD)
+    kinds = []
+    for s, n in enumerate(patches):
+        kind = per_scale[s] if s < len(per_scale) else cfg.index
+        if kind == "auto":
+            kind = "ivf" if n >= threshold else "exact"
+        kinds.append(kind)
+    return kinds
+
+
+def ivf_params(cfg: Config) -> IVFParams:
+    return IVFParams(nlist=cfg.nlist, nprobe=cfg.nprobe, pca=cfg.pca, pq=cfg.pq, train_factor=cfg.train_factor)
+
+
+def build_index(level: torch.Tensor, cfg: Config) -> IVFIndex:
+    """The IVF index of one reference scale (C, H, W)."""
+    grid = PatchGrid(level.shape[0], level.shape[1], level.shape[2], cfg.patch_size, cfg.dataset_stride)
+    return IVFIndex.build(level, grid, ivf_params(cfg))
+
+
+def make_denoiser(level: torch.Tensor, kind: str, cfg: Config, plan: Plan,
+                  index: IVFIndex | None = None) -> ImageDenoiser:
+    """The closed-form denoiser of one scale: exact, or k-NN over the scale's IVF index (built if not given)."""
+    common = dict(patch_size=cfg.patch_size, rho=cfg.rho, truncate=cfg.fold_truncate,
+                  query_block=cfg.query_block, query_stride=cfg.query_stride)
+    if kind == "exact":
+        return PatchDenoiser(level.to(plan.device), precision=plan.precision, **common)
+    index = (index or build_index(level, cfg)).to_device(plan.device)
+    last_sigma = alpha_sigma(1, cfg.steps)[1]
+    return KNNDenoiser(level.to(plan.device), index, k=cfg.knn, final_nprobe=cfg.nprobe_last,
+                       final_sigma=last_sigma * (1 + 1e-9), **common)
+
+
+def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config) -> list[ImageDenoiser]:
+    """One closed-form denoiser per scale (index 0 = finest)."""
+    set_threads(torch.get_num_threads())
+    pyramid = reference_pyramid(reference, plan.ref_sizes)
+    return [make_denoiser(level, kind, cfg, plan) for level, kind in zip(pyramid, plan.indexes)]

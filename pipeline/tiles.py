@@ -1,0 +1,285 @@
+"""Out-of-core coarse-to-fine sampling: every step of every scale as tiles over zarr, scheduled by dask.
+
+One reverse step at scale s is two local passes over square tiles (chunks of the state arrays):
+
+* pass A: x_hat = IMGDENOISE(x_t) on the tile, reading x_t with the denoiser's halo (patch radius,
+  fold window, whole query blocks: `ImageDenoiser.support`);
+* pass B: the two-scale blend and the reverse step (Eqs. 4-5) on the tile, reading x_hat with the halo
+  of BLUR = UP(DOWN(.)) and the coarser scale's result with UP's support.
+
+Every operator computes a rectangle exactly as it computes the whole image (fixed query blocks on a
+global grid, resampling taps from global sizes, noise keyed by fixed noise blocks), so the output is
+the in-memory sampler's bit for bit, whatever the tile size, worker count or scheduler. x_t is double
+buffered by step parity (x0/x1), so a tile can always be recomputed from completed arrays: a killed run
+resumes from its per-tile markers (see `store.RunDir`).
+
+Workers (threads, processes or `distributed` workers) load a scale's reference and index from the run
+directory once per process (`worker()` caches them) and never receive arrays through the scheduler.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Config
+from .denoise import ImageDenoiser
+from .index import IVFIndex
+from .index.ivf import set_threads
+from .noise import noise_region
+from .plan import Plan, make_denoiser
+from .pyramid import resize_region, resize_support
+from .sample.schedule import alpha_sigma, reverse_step
+from .store import RunDir, state_array
+
+Box = tuple[int, int, int, int]  # y0, y1, x0, x1
+Progress = Callable[[dict], None]
+
+
+def tile_boxes(height: int, width: int, tile: int) -> list[Box]:
+    """The tiles of an image in raster order: tile x tile squares (smaller at the right/bottom edges)."""
+    return [(y, min(height, y + tile), x, min(width, x + tile))
+            for y in range(0, height, tile) for x in range(0, width, tile)]
+
+
+def box_key(box: Box) -> str:
+    return f"{box[0]}_{box[2]}"
+
+
+def x_name(t: int) -> str:
+    """State array holding x_t at a scale (double buffered by step parity)."""
+    return f"x{t % 2}"
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """What the tasks of one scale need to know besides the run directory."""
+
+    scale: int
+    size: tuple[int, int]
+    coarse_size: tuple[int, int] | None
+    channels: int
+    steps: int
+    eta: float
+    seed: int
+    blend_last_step: bool
+
+
+class Worker:
+    """Per-process state of a run: its config and plan, and each scale's denoiser, built once."""
+
+    def __init__(self, run_dir: str, threads: int) -> None:
+        self.run = RunDir(Path(run_dir))
+        manifest = self.run.manifest()
+        self.cfg = Config(**manifest["identity"]["config"])
+        plan = manifest["plan"]
+        self.plan = Plan(
+            ref_sizes=[tuple(s) for s in plan["ref_sizes"]], out_sizes=[tuple(s) for s in plan["out_sizes"]],
+            device=torch.device(plan["device"]), precision=plan["precision"], indexes=plan["indexes"],
+            patches=plan["patches"])
+        self.threads = threads
+        self._denoisers: dict[int, ImageDenoiser] = {}
+        self._lock = threading.Lock()
+        self.state = self.run.state()
+
+    def denoiser(self, scale: int) -> ImageDenoiser:
+        with self._lock:
+            if scale not in self._denoisers:
+                level = torch.from_numpy(self.run.reference()[str(scale)][...])
+                index = None
+                if self.plan.indexes[scale] == "ivf":
+                    index = IVFIndex.load(self.run.index_path(scale))
+                self._denoisers[scale] = make_denoiser(level, self.plan.indexes[scale], self.cfg, self.plan, index)
+            return self._denoisers[scale]
+
+    def read(self, spec: ScaleSpec, name: str, t: int | None, rect: Box) -> torch.Tensor:
+        """A rectangle of a state array; x_T is not stored but drawn from the keyed noise."""
+        y0, y1, x0, x1 = rect
+        if name == "x" and t == spec.steps:
+            return noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale, step=spec.steps)
+        array = self.state[f"s{spec.scale}/{x_name(t) if name == 'x' else name}"]
+        return torch.from_numpy(np.ascontiguousarray(array[:, y0:y1, x0:x1]))
+
+    def write(self, spec: ScaleSpec, name: str, box: Box, value: torch.Tensor) -> None:
+        y0, y1, x0, x1 = box
+        self.state[f"s{spec.scale}/{name}"][:, y0:y1, x0:x1] = value.cpu().numpy()
+
+
+_WORKERS: dict[tuple[str, int], Worker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+def worker(run_dir: str, threads: int) -> Worker:
+    """This process's Worker for a run (created on first use; torch and faiss get `threads` threads)."""
+    with _WORKERS_LOCK:
+        key = (run_dir, threads)
+        if key not in _WORKERS:
+            if threads > 0:
+                torch.set_num_threads(threads)
+                set_threads(threads)
+            _WORKERS[key] = Worker(run_dir, threads)
+        return _WORKERS[key]
+
+
+def denoise_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
+    """Pass A of step t on one tile: x_hat = IMGDENOISE(x_t)."""
+    w = worker(run_dir, threads)
+    d = w.denoiser(spec.scale)
+    alpha, sigma = alpha_sigma(t, spec.steps)
+    rect = d.support(spec.size, box)
+    x = w.read(spec, "x", t, rect).to(w.plan.device)
+    x_hat = d.denoise_box(x, (rect[0], rect[2]), spec.size, box, alpha, sigma)
+    w.write(spec, "xhat", box, x_hat)
+    w.run.mark_tile(f"s{spec.scale}-t{t}-A", box_key(box))
+
+
+def step_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
+    """Pass B of step t on one tile: blend x_hat with the coarser result, then x_{t-1} (Eqs. 4-5)."""
+    w = worker(run_dir, threads)
+    y0, y1, x0, x1 = box
+    x_t = w.read(spec, "x", t, box)
+    x_hat = w.read(spec, "xhat", None, box)
+    x_tilde = x_hat
+    if spec.coarse_size is not None and (t > 1 or spec.blend_last_step):
+        fine, coarse = spec.size, spec.coarse_size
+        # BLUR(x_hat) on the box: UP reads a coarse rectangle, whose DOWN reads a halo of x_hat.
+        crect = resize_support(coarse, fine, box)
+        frect = resize_support(fine, coarse, crect)
+        down = resize_region(w.read(spec, "xhat", None, frect), (frect[0], frect[2]), fine, coarse, crect)
+        blurred = resize_region(down, (crect[0], crect[2]), coarse, fine, box)
+        prev = ScaleSpec(spec.scale + 1, coarse, None, spec.channels, spec.steps, spec.eta, spec.seed,
+                         spec.blend_last_step)
+        up = resize_region(w.read(prev, "x", 0, crect), (crect[0], crect[2]), coarse, fine, box)
+        x_tilde = x_hat - blurred + up
+    need_noise = spec.eta > 0.0 and t > 1
+    noise = noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale, step=t - 1) \
+        if need_noise else None
+    x_prev = reverse_step(x_t, x_hat, x_tilde, t, spec.steps, eta=spec.eta, noise=noise)
+    w.write(spec, x_name(t - 1), box, x_prev)
+    w.run.mark_tile(f"s{spec.scale}-t{t}-B", box_key(box))
+
+
+class Executor:
+    """Runs a list of tile tasks with the chosen dask scheduler and reports each finished tile.
+
+    scheduler: "threads" (one process, `workers` threads), "processes" (a pool of `workers` processes
+    kept for the whole run, so each loads a scale's index once) or "distributed" (a LocalCluster of
+    `workers` single-threaded processes, or the scheduler at `address`).
+    """
+
+    def __init__(self, scheduler: str, workers: int, address: str | None = None) -> None:
+        self.scheduler, self.workers = scheduler, max(1, workers)
+        cores = torch.get_num_threads()
+        # threads per task: share the cores between concurrent tasks, never oversubscribe
+        self.threads = max(1, cores // self.workers) if scheduler != "distributed" or not address else 0
+        self._client = self._cluster = self._pool = None
+        if scheduler == "distributed":
+            from distributed import Client, LocalCluster
+
+            if address:
+                self._client = Client(address)
+            else:
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                             dashboard_address=None)
+                self._client = Client(self._cluster)
+        elif scheduler == "processes":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        elif scheduler != "threads":
+            raise ValueError(f"unknown scheduler {scheduler!r}")
+
+    def run(self, fn: Callable, calls: list[tuple], on_done: Callable[[], None]) -> None:
+        if not calls:
+            return
+        if len(calls) == 1 and self.scheduler == "threads":
+            fn(*calls[0])
+            on_done()
+            return
+        if self._client is not None:
+            from distributed import as_completed
+
+            futures = [self._client.submit(fn, *c, pure=False) for c in calls]
+            for fut in as_completed(futures):
+                fut.result()
+                on_done()
+            return
+        import dask
+        from dask.callbacks import Callback
+
+        class _Count(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                on_done()
+
+        tasks = [dask.delayed(fn, pure=False)(*c) for c in calls]
+        with _Count():
+            if self._pool is not None:
+                dask.compute(*tasks, scheduler="processes", pool=self._pool)
+            else:
+                dask.compute(*tasks, scheduler="threads", num_workers=self.workers)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: int, executor: Executor,
+                 seed: int, progress: Progress | None = None) -> None:
+    """Alg. 2 over the run directory's state: every scale from the coarsest, every step, both passes.
+
+    Stages already marked done are skipped, and so are the finished tiles of an interrupted pass.
+    The result x_{0,0} is left in state.zarr at s0/x0.
+    """
+    group = run.state()
+    run_dir = str(run.path)
+    total = sum(2 * cfg.steps * len(tile_boxes(*size, tile)) for size in plan.out_sizes)
+    counter = {"done": 0, "start": time.perf_counter(), "skipped": 0}
+
+    def report(scale: int, t: int, kind: str) -> None:
+        counter["done"] += 1
+        if progress is not None:
+            progress({"event": "tile", "scale": scale, "t": t, "pass": kind, "done": counter["done"],
+                      "total": total, "resumed": counter["skipped"],
+                      "seconds": time.perf_counter() - counter["start"]})
+
+    for s in range(plan.num_scales - 1, -1, -1):
+        size = plan.out_sizes[s]
+        boxes = tile_boxes(*size, tile)
+        if run.done(f"s{s}"):
+            counter["done"] += 2 * cfg.steps * len(boxes)
+            counter["skipped"] += 2 * cfg.steps * len(boxes)
+            continue
+        chunks = (channels, tile, tile)
+        for name in ("x0", "x1", "xhat"):
+            state_array(group, f"s{s}/{name}", (channels, *size), chunks)
+        spec = ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
+                         cfg.steps, cfg.eta, seed, cfg.blend_last_step)
+        for t in range(cfg.steps, 0, -1):
+            for kind, fn in (("A", denoise_tile), ("B", step_tile)):
+                name = f"s{s}-t{t}-{kind}"
+                if run.done(name):
+                    counter["done"] += len(boxes)
+                    counter["skipped"] += len(boxes)
+                    continue
+                finished = run.tiles_done(name)
+                todo = [b for b in boxes if box_key(b) not in finished]
+                counter["done"] += len(boxes) - len(todo)
+                counter["skipped"] += len(boxes) - len(todo)
+                executor.run(fn, [(run_dir, executor.threads, spec, t, b) for b in todo],
+                             lambda s=s, t=t, kind=kind: report(s, t, kind))
+                run.mark(name)
+        for name in ("x1", "xhat"):  # x0 = x_{s,0} is kept: the next scale's coarse input (and, at s = 0, the output)
+            if name in group[f"s{s}"]:
+                del group[f"s{s}"][name]
+        run.mark(f"s{s}")
