@@ -287,3 +287,38 @@ def test_bench_quality_bad_input(tmp_path, case, needle):
     else:
         assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_bench_quality_interrupted_run_leaves_partial_report_and_resumes(tmp_path):
+    from sidpipe.quality import bench_quality, build_dir_for
+
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.open(BALLOONS).convert("RGB").resize((48, 36)).save(refs / "a.png")
+    Image.open(DATA / "aurora.png").convert("RGB").resize((54, 30)).save(refs / "b.png")
+    paths = sorted(refs.iterdir())
+    cfg = load_config("default", {"steps": 2})
+    out = tmp_path / "rep"
+
+    def stop_after_first(msg: str) -> None:
+        if msg.startswith("[1/2]") and "done in" in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench_quality(paths, cfg, out, 1, log=stop_after_first)
+    build = build_dir_for(out)
+    assert not out.exists() and build.is_dir()
+    partial = (build / "report.md").read_text()
+    assert "PARTIAL: 1 of 2 images" in partial and "[a](sheets/a.png)" in partial and "[b]" not in partial
+    # Without --resume the unfinished run is not silently overwritten; other settings cannot resume it.
+    with pytest.raises(Exception, match="--resume"):
+        bench_quality(paths, cfg, out, 1)
+    with pytest.raises(Exception, match="different config"):
+        bench_quality(paths, cfg.replace(steps=3), out, 1, resume=True)
+    logs: list[str] = []
+    results = bench_quality(paths, cfg, out, 1, resume=True, log=logs.append)
+    assert any("a.png: already done" in m for m in logs)
+    assert not any(m.startswith("[1/2]") and "generating" in m for m in logs)
+    assert not results["partial"] and [im["name"] for im in results["images"]] == ["a", "b"]
+    assert "PARTIAL" not in (out / "report.md").read_text() and not build.exists()
