@@ -16,7 +16,7 @@ from . import app, fail
 @app.command("eval")
 def eval_(
     reference: Annotated[Path, typer.Argument(help="The reference image.", show_default=False)],
-    samples: Annotated[list[Path], typer.Argument(help="One or more generated images.", show_default=False)],
+    samples: Annotated[Optional[list[Path]], typer.Argument(help="One or more generated images.", show_default=False)] = None,
     *,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write all numbers to this JSON file.")] = None,
     sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Write a labelled contact sheet (PNG): reference beside the samples.")] = None,
@@ -34,7 +34,10 @@ def eval_(
                                  write_text_atomic)
     from sidpipe.sifid import NOT_AVAILABLE
 
+    samples = list(samples or [])
     try:
+        if not samples:
+            raise SidpipeError("give at least one SAMPLE image after the REFERENCE")
         if seed < 0:
             raise SidpipeError(f"--seed must be >= 0, got {seed}")
         if query_stride < 1:

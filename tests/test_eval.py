@@ -165,6 +165,7 @@ def test_eval_cli_writes_table_json_and_sheet(tmp_path, ref, sample):
         ("sheet_folder", "folder does not exist"),
         ("bad_stride", "--query-stride"),
         ("bad_weights", "inception weights"),
+        ("no_samples", "at least one SAMPLE"),
     ],
 )
 def test_eval_cli_bad_input_fails_with_one_line(tmp_path, ref, case, needle):
@@ -182,6 +183,7 @@ def test_eval_cli_bad_input_fails_with_one_line(tmp_path, ref, case, needle):
         "sheet_folder": [str(good), "--sheet", str(tmp_path / "no" / "sheet.png")],
         "bad_stride": [str(good), "--query-stride", "0"],
         "bad_weights": [str(good), "--inception-weights", str(tmp_path / "weights.pt")],
+        "no_samples": [],
     }[case]
     before = set(tmp_path.iterdir())
     res = runner.invoke(app, ["eval", str(r), *args, "--json", str(out_json), "--sheet", str(out_sheet)]
