@@ -47,7 +47,6 @@ def quality(
         refs = list_references(references)
         settings = EvalSettings(seed=metric_seed, query_stride=query_stride)
         command = "sidpipe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
-        log(f"{len(refs)} reference(s), {samples} sample(s) each -> {out}")
         bench_quality(refs, cfg, out, samples, settings=settings, preset=preset, command=command, resume=resume,
                       log=log)
     except SidpipeError as exc:

@@ -404,6 +404,7 @@ def bench_quality(
     state = {"references": [str(p.resolve()) for p in references], "config": json_safe(cfg.to_dict()),
              "eval": settings.to_dict(), "preset": preset}
     build, resumed = _prepare_out_dir(out_dir, state, resume)
+    log(f"{len(loaded)} reference(s), {samples} sample(s) each -> {out_dir} (building in {build})")
     meta = {"sidpipe_version": __version__, "git": _git_state(), "command": command, "preset": preset,
             "config": state["config"], "seeds": list(range(cfg.seed, cfg.seed + samples)),
             "samples_per_image": samples, "eval": settings.to_dict(), "sifid": SIFID_NOTE}

@@ -281,8 +281,8 @@ def test_bench_quality_bad_input(tmp_path, case, needle):
     extra = ["--set", "no_such_key=1"] if case == "badset" else []
     res = runner.invoke(app, ["bench", "quality", str(folder), "--samples", "1", "--out", str(out), *extra])
     assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.startswith("sidpipe: error:")]
-    assert len(lines) == 1 and needle in lines[0], res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sidpipe: error:") and needle in lines[0], res.output
     assert "Traceback" not in res.output
     if case == "notreport":
         assert (out / "precious.txt").read_text() == "keep me"
