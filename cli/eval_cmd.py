@@ -29,9 +29,9 @@ def eval_(
     copy rate, and (for 2+ samples of one size) diversity. Prints a table."""
 
     from sidpipe.io.read import load_image
+    from sidpipe.io.write import write_bytes_atomic
     from sidpipe.quality import (EvalSettings, check_output_file, contact_sheet, eval_table, evaluate_images,
-                                 json_safe, match_channels, png_bytes, sample_label, write_bytes_atomic,
-                                 write_text_atomic)
+                                 json_safe, match_channels, png_bytes, sample_label, write_text_atomic)
     from sidpipe.sifid import NOT_AVAILABLE
 
     samples = list(samples or [])

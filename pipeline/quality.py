@@ -23,6 +23,7 @@ import numpy as np
 from . import __version__
 from . import metrics as M
 from .errors import ConfigError, ImageError, SidpipeError
+from .io.write import write_bytes_atomic
 from .sifid import NOT_AVAILABLE as SIFID_NOTE
 
 # Per-sample metrics: (key in a sample row, short column label, long description).
@@ -60,24 +61,6 @@ class EvalSettings:
 # --------------------------------------------------------------------------- atomic files
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a hidden temporary file in the same folder and os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ImageError(f"cannot write {path} ({exc.strerror or exc})") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
@@ -95,6 +78,11 @@ def check_output_file(path: Path, suffixes: Sequence[str], what: str) -> None:
         raise ConfigError(f"{what} must end in {' or '.join(suffixes)}, got {path.name!r}")
     if path.is_dir():
         raise ConfigError(f"{what} is a folder: {path}")
+    check_parent_writable(path, what)
+
+
+def check_parent_writable(path: Path, what: str) -> None:
+    """Refuse a path whose folder is missing or not writable (`what` names the option in the message)."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ConfigError(f"{what}: folder does not exist: {parent}")
@@ -317,11 +305,7 @@ def _prepare_out_dir(out_dir: Path, state: dict, resume: bool) -> tuple[Path, bo
             raise ConfigError(f"--out exists and is not a folder: {out_dir}")
         if any(out_dir.iterdir()) and not (out_dir / "results.json").is_file():
             raise ConfigError(f"--out folder is not empty and is not a sidpipe report (no results.json): {out_dir}")
-    parent = out_dir.parent if str(out_dir.parent) else Path(".")
-    if not parent.is_dir():
-        raise ConfigError(f"--out: folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"--out: folder is not writable: {parent}")
+    check_parent_writable(out_dir, "--out")
     build = build_dir_for(out_dir)
     if build.exists():
         if not resume:

@@ -19,12 +19,13 @@ from .config import Config
 from .errors import ConfigError, SidpipeError
 from .io.bigtiff import ZarrSource, build_levels, write_bigtiff, write_ome_zarr
 from .io.read import load_image
+from .index.ivf import set_threads
 from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths, save_image
 from .plan import Plan, build_denoisers, build_index, make_plan
 from .pyramid import reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
 from .store import RunDir, fingerprint
-from .tiles import Executor, sample_tiled
+from .tiles import Executor, release, sample_tiled
 
 Progress = Callable[[dict], None]
 
@@ -175,14 +176,19 @@ def run_out_of_core(input_path: Path, reference: np.ndarray, out: Path, cfg: Con
             level = torch.from_numpy(run.reference()[str(s)][...])
             build_index(level, cfg).save(run.index_path(s))
             run.mark(f"index-s{s}")
-    workers = options.workers or torch.get_num_threads()
+    cores = torch.get_num_threads()
     scheduler = "distributed" if options.address else options.scheduler
-    executor = Executor(scheduler, workers, options.address)
+    executor = Executor(scheduler, options.workers or cores, options.address)
     try:
         sample_tiled(run, cfg, plan, channels=channels, tile=tile, executor=executor, seed=cfg.seed,
                      progress=progress)
     finally:
         executor.close()
+        # In-process workers set torch/faiss threads per task: give the process its own count back, so
+        # a next sample (or anything else in this process) again sees all the cores.
+        release(str(run.path))
+        torch.set_num_threads(cores)
+        set_threads(cores)
     write_output(run, out, options, progress=progress)
     if not options.keep_workdir:
         shutil.rmtree(run.path, ignore_errors=True)

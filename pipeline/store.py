@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import zarr
 
 from .errors import ConfigError
+from .io.write import write_bytes_atomic
 
 FINGERPRINT_BLOCK = 1 << 20
 
@@ -38,15 +37,6 @@ def fingerprint(path: Path) -> dict[str, Any]:
             f.seek(offset)
             h.update(f.read(FINGERPRINT_BLOCK))
     return {"name": path.name, "size": size, "blake2b": h.hexdigest()}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class RunDir:
@@ -85,7 +75,7 @@ class RunDir:
         if run.path.exists() and any(run.path.iterdir()):
             raise ConfigError(f"{run.path} exists and is not a sidpipe run directory; use --overwrite or another --workdir")
         run.markers.mkdir(parents=True, exist_ok=True)
-        write_atomic(manifest, json.dumps({"identity": identity, **extra}, indent=1, sort_keys=True))
+        write_bytes_atomic(manifest, json.dumps({"identity": identity, **extra}, indent=1, sort_keys=True).encode())
         return run
 
     def manifest(self) -> dict[str, Any]:

@@ -127,6 +127,13 @@ def worker(run_dir: str, threads: int) -> Worker:
         return _WORKERS[key]
 
 
+def release(run_dir: str) -> None:
+    """Forget this process's Workers of a run (its denoisers and open arrays) once the run is over."""
+    with _WORKERS_LOCK:
+        for key in [k for k in _WORKERS if k[0] == run_dir]:
+            del _WORKERS[key]
+
+
 def denoise_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
     """Pass A of step t on one tile: x_hat = IMGDENOISE(x_t)."""
     w = worker(run_dir, threads)

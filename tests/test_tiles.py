@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 from PIL import Image
 
@@ -52,7 +53,9 @@ def tiled(reference: Path, tmp_path: Path, **options) -> np.ndarray:
     ref = load_image(reference)
     plan = make_plan(cfg, ref.shape[-2:])
     out = tmp_path / "out.tif"
+    threads = torch.get_num_threads()
     run_out_of_core(reference, ref, out, cfg, plan, RunOptions(out_of_core=True, keep_workdir=True, **options))
+    assert torch.get_num_threads() == threads  # per-task thread settings do not leak into the process
     state = zarr.open_group(str(out) + ".sidpipe/state.zarr", mode="r")
     return np.clip(state["s0/x0"][...], -1.0, 1.0)
 
@@ -104,7 +107,9 @@ def test_kill9_then_resume_is_byte_identical(reference, uninterrupted, tmp_path)
     out = tmp_path / "resumed.tif"
     run_dir = Path(str(out) + ".sidpipe")
     args = [str(reference), "--out", str(out), *CLI_ARGS]
-    res = interrupt(args, run_dir, signal.SIGKILL, after=random.Random(os.getpid()).randint(3, 40))
+    # Marker files of a run: reference 1, indexes 2, 7 per scale (6 passes + the scale) = 24, plus the tiles of
+    # the pass in progress; at most 20 leaves scale 0's last passes and the output still to do.
+    res = interrupt(args, run_dir, signal.SIGKILL, after=random.Random(os.getpid()).randint(3, 20))
     assert res.returncode == -signal.SIGKILL
     assert not out.exists() and not list(tmp_path.glob(".*part*"))  # nothing that looks finished
     proc = sidpipe(*args)

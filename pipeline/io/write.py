@@ -49,6 +49,20 @@ def save_image(path: str | os.PathLike, image: np.ndarray, /, *, bit_depth: int 
         raise ImageError(f"JPEG output is 8-bit only (bit depth 16 requested): {path}")
     data = _encode(_quantise(image, bit_depth), suffix)
 
+    write_bytes_atomic(path, data)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, /) -> None:
+    """Write `data` to `path` so that the file appears only when complete.
+
+    The data goes to a hidden ``.<stem>.<random>.part<ext>`` file in the same folder (flushed and
+    fsynced), which is then renamed over `path`; on any failure, including KeyboardInterrupt, the
+    temporary file is removed.
+
+    Raises:
+        ImageError: The file cannot be written.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part{path.suffix}")
     try:
         with open(tmp, "xb") as f:  # not mkstemp: that would make the output mode 0600
