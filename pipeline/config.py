@@ -44,7 +44,9 @@ class Config:
     pca: int = 0                  # PCA pre-transform of IVF descriptors to this many dims (0 = off)
     pq: int = 0                   # IVF-PQ sub-quantizers (0 = IVF-Flat)
     train_factor: int = 64        # IVF training points per cell
-    query_stride: int = 1         # denoise every s-th patch position (1 = all, as in the paper)
+    index_memory: float = 1.0     # GiB an IVF index may hold per scale; auto PCA (then PQ) above it (pca=pq=0)
+    rerank: int = 4               # with PCA/PQ, rerank * knn candidates are re-ranked by true distance
+    query_stride: int = 0         # denoise every s-th patch position (1 = all, as in the paper; 0 = auto by size)
     dataset_stride: int = 1       # index every s-th reference patch (IVF only)
     device: str = "auto"          # auto | cpu | cuda
     query_block: int = 32         # queries are batched in fixed blocks of query_block^2 patch positions
@@ -73,7 +75,10 @@ class Config:
         _check(self.nprobe_last >= 0, "nprobe_last must be >= 0 (0 = nprobe)")
         _check(self.pca >= 0 and self.pq >= 0, "pca and pq must be >= 0 (0 = off)")
         _check(self.train_factor >= 1, "train_factor must be >= 1")
-        _check(self.query_stride >= 1 and self.dataset_stride >= 1, "query_stride and dataset_stride must be >= 1")
+        _check(self.index_memory > 0, "index_memory must be > 0 (GiB)")
+        _check(self.rerank >= 1, "rerank must be >= 1")
+        _check(self.query_stride >= 0, "query_stride must be >= 0 (0 = auto by output size)")
+        _check(self.dataset_stride >= 1, "dataset_stride must be >= 1")
         _check(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
         _check(self.query_block >= 1, "query_block must be >= 1")
         _check(self.samples >= 1, "samples must be >= 1")

@@ -302,11 +302,12 @@ class KNNDenoiser(ImageDenoiser):
         k: neighbours per query.
         final_nprobe, final_sigma: IVF cells to visit when sigma <= final_sigma (the last step, whose
             estimate is the output and where the softmax is sharp); 0 = the index's own nprobe.
+        rerank: an approximate index (PCA/PQ) proposes rerank * k candidates; the k truly nearest are kept.
     """
 
     def __init__(self, reference: torch.Tensor, index, *, k: int = 5, patch_size: int = 15, rho: float = 0.2,
                  truncate: float = 3.0, query_block: int = 32, query_stride: int = 1,
-                 final_nprobe: int = 0, final_sigma: float = 0.0) -> None:
+                 final_nprobe: int = 0, final_sigma: float = 0.0, rerank: int = 4) -> None:
         super().__init__(reference, patch_size=patch_size, rho=rho, truncate=truncate,
                          query_block=query_block, query_stride=query_stride)
         from .index.grid import PatchReader
@@ -315,19 +316,14 @@ class KNNDenoiser(ImageDenoiser):
             raise ValueError("the index was built for a different reference scale or patch size")
         self.index, self.k, self.grid = index, k, index.grid
         self.final_nprobe, self.final_sigma = final_nprobe, final_sigma
+        # Indexes whose distances are approximate (PCA, PQ) return rerank * k candidates; the k nearest
+        # by true distance are kept.
+        self.exact_distances = bool(getattr(index, "exact_distances", False))
+        self.candidates = k * max(1, rerank) if getattr(index, "approximate", False) else k
         lo = patch_size // 2 - self.radius
         self.reader = PatchReader(reference, self.grid, window=(lo, 2 * self.radius + 1))
         self.num_patches = index.ntotal
-        # Dataset mean patch (alpha = 0), and for indexes whose distances are approximate the centred
-        # squared norms ||y - mean||^2 per id; both in chunks of the patch grid.
-        chunks = [(a, min(self.grid.size, a + 65536)) for a in range(0, self.grid.size, 65536)]
-        dev = reference.device
-        total = torch.zeros(self.grid.dim, dtype=torch.float64, device=dev)
-        for a, b in chunks:
-            total += self.reader.read(torch.arange(a, b, device=dev)).double().sum(0)
-        self.mean = (total / self.grid.size).float()
-        self.norms = None if getattr(index, "exact_distances", False) else torch.cat([
-            (self.reader.read(torch.arange(a, b, device=dev)) - self.mean).pow(2).sum(1) for a, b in chunks])
+        self.mean = self.reader.mean_patch()  # the estimate at alpha = 0
 
     def _estimate(self, queries: torch.Tensor, full: bool, alpha: float, sigma: float) -> torch.Tensor:
         q = queries.float()
@@ -335,21 +331,23 @@ class KNNDenoiser(ImageDenoiser):
             mean = self.mean if full else self.mean[self.box_columns]
             return mean[None].expand(q.shape[0], -1).clone()
         nprobe = self.final_nprobe if self.final_nprobe and sigma <= self.final_sigma else None
-        dist, ids = self.index.search(q / alpha, self.k, nprobe=nprobe)
+        dist, ids = self.index.search(q / alpha, self.candidates, nprobe=nprobe)
         ids = torch.from_numpy(ids).to(q.device)
         found = ids >= 0
         ids = ids.clamp_min(0)
-        if getattr(self.index, "exact_distances", False):
+        if self.exact_distances:
             # The index returned ||x/a - y_j||^2 computed directly (IVF-Flat): ||x - a y_j||^2 = a^2 that.
             dist = alpha**2 * torch.from_numpy(dist).to(q.device)
             values = self.reader.read(ids, window=not full)                # (B, k, dv)
         else:
-            # Recompute the true ||x - a y||^2 (PCA/PQ distances are approximate) with both sides centred
-            # on the mean patch: ||qc||^2 - 2a qc.(y - m) + a^2 ||y - m||^2, qc = x - a m.
-            y = self.reader.read(ids)                                      # (B, k, d)
-            qc = q - alpha * self.mean
-            dots = (y * qc[:, None, :]).sum(-1) - (qc @ self.mean)[:, None]  # (faster than bmm for small k)
-            dist = qc.pow(2).sum(1, keepdim=True) - 2.0 * alpha * dots + alpha**2 * self.norms[ids]
+            # PCA/PQ distances only chose the candidates: the true ||x - a y||^2, from the image.
+            y = self.reader.read(ids)                                      # (B, m, d)
+            dist = (q[:, None, :] - alpha * y).pow(2).sum(-1).masked_fill(~found, float("inf"))
+            if dist.shape[1] > self.k:
+                dist, pick = torch.topk(dist, self.k, dim=1, largest=False, sorted=True)
+                ids = torch.gather(ids, 1, pick)
+                found = torch.isfinite(dist)
+                y = torch.gather(y, 1, pick[:, :, None].expand(-1, -1, y.shape[2]))
             values = y if full else y[:, :, self.box_columns]
         logits = (-dist / (2.0 * sigma**2)).masked_fill(~found, float("-inf"))
         w = torch.softmax(logits, dim=1)

@@ -20,6 +20,11 @@ from .sample.schedule import alpha_sigma
 # exact bf16 and IVF per call on this 2-core machine (benchmarks/bench_index.py); GPU: the official rule.
 CPU_IVF_THRESHOLD = 2000
 GPU_IVF_THRESHOLD = 250_000
+# Descriptor dimension of the PCA pre-transform that `index_memory` switches on (then PQ with 2 dims per byte).
+AUTO_PCA = 64
+# `query_stride: 0` (auto) per scale: denoise every patch position up to 2^17 output pixels (~360^2), every
+# 2nd up to 2^19 (~720^2), every 4th above (capped at the fold window). See docs/large-outputs.md.
+AUTO_QUERY_STRIDES = ((1 << 17, 1), (1 << 19, 2), (None, 4))
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,11 @@ class Plan:
     precision: str
     indexes: list[str]            # per scale (index 0 = finest): "exact" or "ivf"
     patches: list[int]            # reference patches per scale (in the index, after dataset_stride)
+    index_specs: tuple[str, ...] = ()  # per scale: faiss factory string of an IVF scale, else ""
+    query_strides: tuple[int, ...] = ()  # per scale: denoise every s-th patch position
+
+    def query_stride(self, scale: int) -> int:
+        return self.query_strides[scale] if scale < len(self.query_strides) else 1
 
     @property
     def num_scales(self) -> int:
@@ -41,12 +51,14 @@ class Plan:
         lines = [f"{self.num_scales} scales, device {self.device.type}, precision {self.precision}"]
         for s in range(self.num_scales - 1, -1, -1):
             (rh, rw), (oh, ow) = self.ref_sizes[s], self.out_sizes[s]
+            spec = f" ({self.index_specs[s]})" if s < len(self.index_specs) and self.index_specs[s] else ""
+            stride = f", query stride {self.query_stride(s)}" if self.query_stride(s) > 1 else ""
             lines.append(f"  scale {s}: reference {rw}x{rh} -> output {ow}x{oh}, "
-                         f"{self.indexes[s]} index over {self.patches[s]} patches")
+                         f"{self.indexes[s]} index{spec} over {self.patches[s]} patches{stride}")
         return "\n".join(lines)
 
 
-def make_plan(cfg: Config, ref_hw: tuple[int, int]) -> Plan:
+def make_plan(cfg: Config, ref_hw: tuple[int, int], channels: int = 3) -> Plan:
     """Check sizes against the patch size and resolve scales, device, precision and index."""
     h, w = ref_hw
     p = cfg.patch_size
@@ -63,14 +75,31 @@ def make_plan(cfg: Config, ref_hw: tuple[int, int]) -> Plan:
             f"num_scales={n} makes the coarsest reference scale {ref_sizes[-1][1]}x{ref_sizes[-1][0]}, "
             f"smaller than the patch size {p}")
     out_sizes = scale_sizes(out_h, out_w, n, cfg.scale_factor, min_side=p)
-    window = 2 * window_radius(p, cfg.rho, cfg.fold_truncate) + 1
-    if cfg.query_stride > window:
-        raise ConfigError(f"query_stride={cfg.query_stride} would leave pixels uncovered: the fold window is {window} px "
-                          f"wide (p={p}, rho={cfg.rho}); use at most {window}")
+    strides = resolve_query_strides(cfg, out_sizes)
     device = resolve_device(cfg.device)
     patches = [PatchGrid(1, rh, rw, p, cfg.dataset_stride).size for rh, rw in ref_sizes]
     indexes = resolve_indexes(cfg, patches, device)
-    return Plan(ref_sizes, out_sizes, device, resolve_precision(cfg.precision, device), indexes, patches)
+    dim = channels * p * p
+    specs = tuple(ivf_params(cfg, n, dim).factory(dim, n) if kind == "ivf" else ""
+                  for kind, n in zip(indexes, patches))
+    return Plan(ref_sizes, out_sizes, device, resolve_precision(cfg.precision, device), indexes, patches, specs,
+                strides)
+
+
+def resolve_query_strides(cfg: Config, out_sizes: list[tuple[int, int]]) -> tuple[int, ...]:
+    """Query stride per scale: `query_stride`, or with 0 (auto) by the scale's output size (AUTO_QUERY_STRIDES),
+    never wider than the fold window (else some pixels would get no estimate)."""
+    window = 2 * window_radius(cfg.patch_size, cfg.rho, cfg.fold_truncate) + 1
+    if cfg.query_stride > window:
+        raise ConfigError(f"query_stride={cfg.query_stride} would leave pixels uncovered: the fold window is {window} px "
+                          f"wide (p={cfg.patch_size}, rho={cfg.rho}); use at most {window}")
+    if cfg.query_stride:
+        return tuple(cfg.query_stride for _ in out_sizes)
+    strides = []
+    for h, w in out_sizes:
+        stride = next(s for limit, s in AUTO_QUERY_STRIDES if limit is None or h * w <= limit)
+        strides.append(min(stride, window))
+    return tuple(strides)
 
 
 def resolve_indexes(cfg: Config, patches: list[int], device: torch.device) -> list[str]:
@@ -89,31 +118,41 @@ def resolve_indexes(cfg: Config, patches: list[int], device: torch.device) -> li
     return kinds
 
 
-def ivf_params(cfg: Config) -> IVFParams:
-    return IVFParams(nlist=cfg.nlist, nprobe=cfg.nprobe, pca=cfg.pca, pq=cfg.pq, train_factor=cfg.train_factor)
+def ivf_params(cfg: Config, n: int = 0, dim: int = 0) -> IVFParams:
+    """IVF settings of a scale with n patches of dimension dim. Unless pca or pq is set, an index whose
+    full vectors (4 bytes per dim + an 8-byte id) would exceed `index_memory` GiB gets a PCA pre-transform
+    to AUTO_PCA dims, and if that is still too big also PQ codes (one byte per 2 dims); the k-NN denoiser
+    then re-ranks its candidates by true distance."""
+    pca, pq = cfg.pca, cfg.pq
+    budget = cfg.index_memory * 2**30
+    if not pca and not pq and n * (4 * dim + 8) > budget and dim > AUTO_PCA:
+        pca = AUTO_PCA
+        if n * (4 * pca + 8) > budget:
+            pq = pca // 2
+    return IVFParams(nlist=cfg.nlist, nprobe=cfg.nprobe, pca=pca, pq=pq, train_factor=cfg.train_factor)
 
 
 def build_index(level: torch.Tensor, cfg: Config) -> IVFIndex:
     """The IVF index of one reference scale (C, H, W)."""
     grid = PatchGrid(level.shape[0], level.shape[1], level.shape[2], cfg.patch_size, cfg.dataset_stride)
-    return IVFIndex.build(level, grid, ivf_params(cfg))
+    return IVFIndex.build(level, grid, ivf_params(cfg, grid.size, grid.dim))
 
 
 def make_denoiser(level: torch.Tensor, kind: str, cfg: Config, plan: Plan,
-                  index: IVFIndex | None = None) -> ImageDenoiser:
-    """The closed-form denoiser of one scale: exact, or k-NN over the scale's IVF index (built if not given)."""
+                  index: IVFIndex | None = None, scale: int = 0) -> ImageDenoiser:
+    """The closed-form denoiser of scale `scale`: exact, or k-NN over its IVF index (built if not given)."""
     common = dict(patch_size=cfg.patch_size, rho=cfg.rho, truncate=cfg.fold_truncate,
-                  query_block=cfg.query_block, query_stride=cfg.query_stride)
+                  query_block=cfg.query_block, query_stride=plan.query_stride(scale))
     if kind == "exact":
         return PatchDenoiser(level.to(plan.device), precision=plan.precision, **common)
     index = (index or build_index(level, cfg)).to_device(plan.device)
     last_sigma = alpha_sigma(1, cfg.steps)[1]
     return KNNDenoiser(level.to(plan.device), index, k=cfg.knn, final_nprobe=cfg.nprobe_last,
-                       final_sigma=last_sigma * (1 + 1e-9), **common)
+                       final_sigma=last_sigma * (1 + 1e-9), rerank=cfg.rerank, **common)
 
 
 def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config) -> list[ImageDenoiser]:
     """One closed-form denoiser per scale (index 0 = finest)."""
     set_threads(torch.get_num_threads())
     pyramid = reference_pyramid(reference, plan.ref_sizes)
-    return [make_denoiser(level, kind, cfg, plan) for level, kind in zip(pyramid, plan.indexes)]
+    return [make_denoiser(level, kind, cfg, plan, scale=s) for s, (level, kind) in enumerate(zip(pyramid, plan.indexes))]

@@ -33,7 +33,7 @@ from .denoise import ImageDenoiser
 from .index import IVFIndex
 from .index.ivf import set_threads
 from .noise import noise_region
-from .plan import Plan, make_denoiser
+from .plan import Plan, make_denoiser, resolve_query_strides
 from .pyramid import resize_region, resize_support
 from .sample.schedule import alpha_sigma, reverse_step
 from .store import RunDir, state_array
@@ -82,7 +82,7 @@ class Worker:
         self.plan = Plan(
             ref_sizes=[tuple(s) for s in plan["ref_sizes"]], out_sizes=[tuple(s) for s in plan["out_sizes"]],
             device=torch.device(plan["device"]), precision=plan["precision"], indexes=plan["indexes"],
-            patches=plan["patches"])
+            patches=plan["patches"], query_strides=resolve_query_strides(self.cfg, [tuple(s) for s in plan["out_sizes"]]))
         self.threads = threads
         self._denoisers: dict[int, ImageDenoiser] = {}
         self._lock = threading.Lock()
@@ -95,7 +95,8 @@ class Worker:
                 index = None
                 if self.plan.indexes[scale] == "ivf":
                     index = IVFIndex.load(self.run.index_path(scale))
-                self._denoisers[scale] = make_denoiser(level, self.plan.indexes[scale], self.cfg, self.plan, index)
+                self._denoisers[scale] = make_denoiser(level, self.plan.indexes[scale], self.cfg, self.plan, index,
+                                                       scale=scale)
             return self._denoisers[scale]
 
     def read(self, spec: ScaleSpec, name: str, t: int | None, rect: Box) -> torch.Tensor:

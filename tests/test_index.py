@@ -194,3 +194,34 @@ def test_query_stride_folds_only_selected_patches(small_ref):
                     est = den.denoise_patches(patches[i, j][None], 0.5, 0.5).view(c, p, p)
                     vals.append(est[:, y - i, xx - j])
         assert vals and torch.allclose(out[:, y, xx], torch.stack(vals).mean(0), atol=1e-5), (y, xx)
+
+
+def test_patch_reader_windows_and_mean(small_ref):
+    """The reader's windows are the centred part of its patches; the mean patch from the summed-area table
+    equals the mean of every gathered patch (dataset strides 1, 2, 3)."""
+    for stride in (1, 2, 3):
+        grid = PatchGrid(3, 37, 49, 7, stride)
+        reader = PatchReader(small_ref, grid, window=(2, 3))
+        ids = torch.arange(grid.size)
+        full = reader.read(ids).view(-1, 3, 7, 7)
+        assert torch.equal(reader.read(ids, window=True), full[:, :, 2:5, 2:5].reshape(-1, 27))
+        expect = gather_patches(small_ref, grid, ids).double().mean(0)
+        assert torch.allclose(reader.mean_patch().double(), expect, atol=1e-6)
+
+
+def test_pca_index_candidates_reranked_by_true_distance(small_ref):
+    """With a PCA pre-transform the index only proposes candidates: the denoiser re-ranks rerank * k of them by
+    true distance. A full-dimension PCA (a rotation) probing every cell proposes the true neighbours, so the
+    result equals the k-NN denoiser over the exact index."""
+    p, alpha, sigma = 7, 0.8, 0.2
+    grid = PatchGrid(3, 37, 49, p)
+    g = torch.Generator().manual_seed(3)
+    x = alpha * small_ref.flip(-1) + sigma * torch.randn(small_ref.shape, generator=g)
+    pca = IVFIndex.build(small_ref, grid, IVFParams(nlist=4, nprobe=4, pca=grid.dim))
+    assert pca.approximate and not pca.exact_distances
+    knn = KNNDenoiser(small_ref, pca, k=5, patch_size=p, rerank=3)
+    assert knn.candidates == 15
+    ref = KNNDenoiser(small_ref, ExactIndex(small_ref, grid), k=5, patch_size=p)
+    assert ref.candidates == 5
+    out, expect = knn(x, alpha, sigma), ref(x, alpha, sigma)
+    assert (out - expect).abs().max() < 1e-4

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sidpipe.config import Config
+from sidpipe.errors import ConfigError
 from sidpipe.noise import noise_like, noise_region
 from sidpipe.pyramid import auto_num_scales, scale_sizes
 from sidpipe.runner import generate, make_plan
@@ -95,7 +96,7 @@ def test_index_policy_per_scale():
     plan = make_plan(Config(index="exact", index_scales="ivf, auto", ivf_threshold=100), ref_hw)
     assert plan.indexes == ["ivf", "ivf", "exact", "exact"]
     assert make_plan(Config(dataset_stride=2), ref_hw).patches[0] == 117 * 86
-    assert "ivf index over 40248 patches" in make_plan(Config(index="ivf"), ref_hw).describe()
+    assert "ivf index (IVF201,Flat) over 40248 patches" in make_plan(Config(index="ivf"), ref_hw).describe()
 
 
 def test_ivf_sampling_reproduces_and_stays_on_the_reference(balloons):
@@ -109,3 +110,25 @@ def test_ivf_sampling_reproduces_and_stays_on_the_reference(balloons):
     noise = np.clip(np.random.default_rng(0).normal(0, 0.5, ref.shape), -1, 1).astype(np.float32)
     assert nn_patch_distance(a, ref, query_stride=2) < 0.25 * nn_patch_distance(noise, ref, query_stride=2)
     assert np.abs(a - ref).mean() > 0.1
+
+
+def test_index_memory_policy_and_auto_query_stride():
+    """index_memory picks PCA, then PCA + PQ, for references too big for IVF-Flat; query_stride 0 resolves per
+    scale by output size and never exceeds the fold window; an explicit stride applies to every scale."""
+    from sidpipe.plan import ivf_params, resolve_query_strides
+
+    cfg = Config(index_memory=1.0)
+    assert (ivf_params(cfg, 40_000, 675).pca, ivf_params(cfg, 40_000, 675).pq) == (0, 0)
+    assert (ivf_params(cfg, 1_000_000, 675).pca, ivf_params(cfg, 1_000_000, 675).pq) == (64, 0)
+    assert (ivf_params(cfg, 11_000_000, 675).pca, ivf_params(cfg, 11_000_000, 675).pq) == (64, 32)
+    assert ivf_params(cfg.replace(pca=32), 11_000_000, 675).pq == 0  # the user's choice wins
+    assert ivf_params(cfg, 11_000_000, 675).factory(675, 11_000_000) == "PCA64,IVF3317,PQ32x8"
+    sizes = [(4096, 4096), (700, 700), (300, 300), (100, 100)]
+    assert resolve_query_strides(Config(), sizes) == (4, 2, 1, 1)
+    assert resolve_query_strides(Config(patch_size=5, rho=0.2), sizes)[0] == 3  # fold window 3 px wide
+    assert resolve_query_strides(Config(query_stride=3), sizes) == (3, 3, 3, 3)
+    with pytest.raises(ConfigError, match="leave pixels uncovered"):
+        resolve_query_strides(Config(query_stride=10), sizes)
+    plan = make_plan(Config(width=2048, height=2048), (186, 248))
+    assert plan.query_strides[0] == 4 and plan.query_strides[-1] == 1
+    assert "query stride 4" in plan.describe()

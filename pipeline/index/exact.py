@@ -16,6 +16,7 @@ class ExactIndex:
 
     kind = "exact"
     exact_distances = False  # distances come from ||q||^2 - 2 q.y + ||y||^2: the denoiser recomputes them
+    approximate = False      # ... but the k found are the true nearest: no re-ranking needed
 
     def __init__(self, image: torch.Tensor, grid: PatchGrid, *, key_block: int = 8192) -> None:
         self.image, self.grid, self.key_block = image.float(), grid, key_block

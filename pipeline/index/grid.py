@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..patches import patch_grid
@@ -48,17 +49,25 @@ class PatchGrid:
         return (ids // cols) * self.stride * self.width + (ids % cols) * self.stride
 
     def descriptors(self, image: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Patches with ids in [start, stop) as (n, d) float32 rows."""
-        ids = torch.arange(start, stop, device=image.device)
-        return gather_patches(image, self, ids)
+        """Patches with ids in [start, stop) as (n, d) float32 rows (a strided copy of the patch rows they
+        span: much faster than gathering by id)."""
+        rows, cols = self.shape
+        r0, r1 = start // cols, (stop - 1) // cols + 1
+        s, p = self.stride, self.patch_size
+        part = image.float()[:, r0 * s:(r1 - 1) * s + p, :(cols - 1) * s + p]
+        view = part.unfold(1, p, s).unfold(2, p, s)                 # (C, r1 - r0, cols, p, p)
+        flat = view.permute(1, 2, 0, 3, 4).reshape((r1 - r0) * cols, self.dim)
+        return flat[start - r0 * cols:stop - r0 * cols]
 
 
 class PatchReader:
-    """Reads reference patches by id fast: the image is kept as its p-wide rows, (C*H*(W-p+1), p), so a
-    patch is C*p row copies instead of C*p*p scattered reads (memory: p times the image).
+    """Reads reference patches by id without copying the image: the flat image is viewed (no copy) as the
+    overlapping rows of k consecutive floats that start at every pixel, and a patch is the C*k such rows
+    starting at its own rows, taken with one `index_select` (faster than gathering C*k*k scattered floats,
+    and no k-times row store in memory).
 
     With `window=(offset, size)` it also reads just the centred size x size window of each patch (the
-    part the fold keeps) from its own size-wide rows.
+    part the fold keeps).
     """
 
     def __init__(self, image: torch.Tensor, grid: PatchGrid, window: tuple[int, int] | None = None) -> None:
@@ -66,26 +75,47 @@ class PatchReader:
         if tuple(image.shape) != (c, h, w):
             raise ValueError(f"image shape {tuple(image.shape)} does not match the grid {(c, h, w)}")
         self.grid = grid
-        self._full = self._store(image, grid.patch_size, 0)
-        self._window = self._store(image, window[1], window[0]) if window else None
+        self.image = image.float().contiguous()
+        self._full = self._plan(grid.patch_size, 0)
+        self._window = self._plan(window[1], window[0]) if window else None
 
-    @staticmethod
-    def _store(image: torch.Tensor, size: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-        c, h, w = image.shape
-        wq = w - size + 1
-        rows = image.float().unfold(2, size, 1).contiguous().reshape(c * h * wq, size)
-        ch, dy = torch.arange(c), torch.arange(size)
-        offsets = (ch[:, None] * (h * wq) + dy[None, :] * wq).reshape(-1).to(image.device)
-        return rows, offsets, wq, offset * wq + offset
+    def _plan(self, size: int, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        c, h, w = self.image.shape
+        flat = self.image.reshape(-1)
+        runs = flat.as_strided((flat.numel() - size + 1, size), (1, 1))
+        dev = self.image.device
+        starts = (torch.arange(c, device=dev)[:, None] * (h * w)
+                  + (torch.arange(size, device=dev)[None, :] + offset) * w + offset).reshape(-1)
+        return runs, starts
 
     def read(self, ids: torch.Tensor, window: bool = False) -> torch.Tensor:
         """(...,) ids -> (..., d) float32 patches (channel-major like `unfold`), or their windows."""
-        rows, offsets, wq, shift = self._window if window else self._full
+        runs, starts = self._window if window else self._full
         _, cols = self.grid.shape
         s = self.grid.stride
-        base = (ids // cols) * s * wq + (ids % cols) * s + shift
-        out = rows[(base[..., None] + offsets).reshape(-1)]
-        return out.reshape(*ids.shape, offsets.numel() * rows.shape[1])
+        top_left = (ids // cols) * (s * self.grid.width) + (ids % cols) * s
+        out = runs.index_select(0, (top_left[..., None] + starts).reshape(-1))
+        return out.reshape(*ids.shape, -1)
+
+    def mean_patch(self) -> torch.Tensor:
+        """(d,) mean of every patch of the grid, from a float64 summed-area table of the image (exact to
+        float32 rounding, same bits whatever the thread count, memory ~2x the image in float64)."""
+        g = self.grid
+        rows, cols = g.shape
+        s, p = g.stride, g.patch_size
+        img = self.image.cpu().numpy().astype(np.float64)
+        out = np.empty((g.channels, p, p))
+        dy, dx = np.arange(p)[:, None], np.arange(p)[None, :]
+        for ch in range(g.channels):
+            for oy in range(min(s, p)):      # patches at stride s start on the pixels ≡ (oy, ox) mod s
+                for ox in range(min(s, p)):
+                    sub = img[ch, oy::s, ox::s]
+                    sat = np.zeros((sub.shape[0] + 1, sub.shape[1] + 1))
+                    sat[1:, 1:] = sub.cumsum(0).cumsum(1)
+                    ys, xs = dy[oy::s] // s, dx[:, ox::s] // s  # window offsets of this residue class
+                    out[ch, oy::s, ox::s] = (sat[ys + rows, xs + cols] - sat[ys, xs + cols]
+                                             - sat[ys + rows, xs] + sat[ys, xs])
+        return torch.from_numpy(out.reshape(-1) / (rows * cols)).float().to(self.image.device)
 
 
 def gather_patches(image: torch.Tensor, grid: PatchGrid, ids: torch.Tensor,

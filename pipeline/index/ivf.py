@@ -32,8 +32,12 @@ def _faiss():
     # with the thread count: a query near a cell boundary then lands in another cell and the result
     # depends on how many workers share the cores. Per-pair SIMD distances are thread-invariant and, at
     # nlist ~ sqrt(N), no slower here (balloons, measured side by side).
-    faiss.cvar.distance_compute_blas_threshold = 1 << 30
+    faiss.cvar.distance_compute_blas_threshold = SEARCH_BLAS_THRESHOLD
     return faiss
+
+
+SEARCH_BLAS_THRESHOLD = 1 << 30  # queries above which faiss would use BLAS for distances (see _faiss)
+BUILD_BLAS_THRESHOLD = 20        # faiss's own default: training and adding (once, by one process) use BLAS
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class IVFIndex:
         # IVF-Flat returns ||q - y||^2 computed pair by pair in float32: the k-NN denoiser can use it
         # as the true distance. PCA or PQ distances are approximate and are recomputed.
         self.exact_distances = not params.pca and not params.pq
+        self.approximate = not self.exact_distances  # candidates chosen by approximate distances: re-rank more
         self._set_nprobe(params.nprobe)
 
     def _set_nprobe(self, nprobe: int) -> None:
@@ -109,12 +114,21 @@ class IVFIndex:
         n_train = min(n, max(39, params.train_factor) * nlist)
         if params.pq:
             n_train = min(n, max(n_train, 256 * 39))  # PQ codebooks (256 centroids) need enough points too
+        if params.pca:
+            n_train = min(n, max(n_train, 4 * grid.dim))  # the PCA needs more points than dimensions
         train_ids = np.sort(rng.choice(n, size=n_train, replace=False))
         train = gather_patches(image, grid, torch.from_numpy(train_ids)).numpy()
-        index.train(np.ascontiguousarray(train, dtype=np.float32))
-        for start in range(0, n, ADD_CHUNK):
-            chunk = grid.descriptors(image, start, min(n, start + ADD_CHUNK)).numpy()
-            index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+        # k-means and the cell assignment of 10^7 patches are GEMM-sized: let faiss use BLAS while building
+        # (the index is built once and saved; every searcher loads the same file).
+        faiss.cvar.distance_compute_blas_threshold = BUILD_BLAS_THRESHOLD
+        try:
+            index.train(np.ascontiguousarray(train, dtype=np.float32))
+            del train
+            for start in range(0, n, ADD_CHUNK):
+                chunk = grid.descriptors(image, start, min(n, start + ADD_CHUNK)).numpy()
+                index.add(np.ascontiguousarray(chunk, dtype=np.float32))
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = SEARCH_BLAS_THRESHOLD
         return cls(index, grid, params)
 
     def search(self, descriptors: np.ndarray | torch.Tensor, k: int,
