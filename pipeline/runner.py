@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from . import __version__
 from .config import Config
 from .errors import ConfigError, SidpipeError
 from .io.bigtiff import ZarrSource, build_levels, write_bigtiff, write_ome_zarr
+from .io.lazy import open_image
 from .io.read import load_image
 from .index.ivf import set_threads
 from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths, save_image
 from .plan import Plan, build_denoisers, build_index, make_plan
-from .pyramid import reference_pyramid
+from .refstream import write_reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
 from .store import RunDir, fingerprint
 from .tiles import Executor, release, sample_tiled
@@ -118,8 +120,9 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     options = options or RunOptions()
     check_output(out)
     started = time.perf_counter()
-    reference = load_image(input_path)
-    plan = make_plan(cfg, reference.shape[-2:])
+    with open_image(input_path) as image:  # header only: the shape (and a clear error for a bad file)
+        channels, height, width = image.shape
+    plan = make_plan(cfg, (height, width))
     oh, ow = plan.out_sizes[0]
     tiled = options.out_of_core
     if tiled is None:
@@ -128,19 +131,19 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     if progress is not None:
         progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
-                  "tiled": tiled, "tile": options.tile_size, "channels": reference.shape[0]})
+                  "tiled": tiled, "tile": options.tile_size, "channels": channels})
     paths = output_paths(out, cfg.samples)
     if tiled:
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
         try:
             for k, path in enumerate(paths):
-                run_out_of_core(input_path, reference, path, cfg.replace(seed=cfg.seed + k, samples=1), plan,
+                run_out_of_core(input_path, None, path, cfg.replace(seed=cfg.seed + k, samples=1), plan,
                                 options, progress=progress)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     else:
-        images = generate(reference, cfg, progress=progress, plan=plan)
+        images = generate(load_image(input_path), cfg, progress=progress, plan=plan)
         for path, image in zip(paths, images):
             save_image(path, image, bit_depth=options.bit_depth)
     if progress is not None:
@@ -148,27 +151,28 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     return paths
 
 
-def run_out_of_core(input_path: Path, reference: np.ndarray, out: Path, cfg: Config, plan: Plan,
+def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, cfg: Config, plan: Plan,
                     options: RunOptions, *, progress: Progress | None = None) -> Path:
     """One sample through the run directory: reference pyramid and indexes on disk, tiled sampling over
-    zarr, streamed output. Resumes whatever a previous, interrupted run of the same job had finished."""
-    channels = reference.shape[0]
+    zarr, streamed output. Resumes whatever a previous, interrupted run of the same job had finished.
+
+    reference: the image already in memory (C, H, W), or None to read input_path region by region
+    (`open_image`) while the reference pyramid is written, never holding it whole."""
     run_dir = options.workdir or out.with_name(out.name + ".sidpipe")
     identity = {"config": cfg.to_dict(), "input": fingerprint(input_path), "output_size": list(plan.out_sizes[0])}
-    extra = {
-        "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
-                 "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
-        "layout": {"tile": options.tile_size, "channels": channels},
-        "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
-    }
-    run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
+    with open_image(input_path) if reference is None else nullcontext(reference) as source:
+        channels = source.shape[0]
+        extra = {
+            "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
+                     "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
+            "layout": {"tile": options.tile_size, "channels": channels},
+            "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
+        }
+        run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
+        if not run.done("reference"):
+            write_reference_pyramid(source, plan.ref_sizes, run.reference(), chunk=1024, progress=progress)
+            run.mark("reference")
     tile = run.manifest()["layout"]["tile"]  # a resumed run keeps the tiling its arrays were made with
-    if not run.done("reference"):
-        group = run.reference()
-        for s, level in enumerate(reference_pyramid(torch.from_numpy(reference), plan.ref_sizes)):
-            group.create_array(str(s), data=level.numpy(), chunks=(channels, 1024, 1024), overwrite=True)
-        group.attrs["ome"] = ome_multiscales(plan.ref_sizes, "reference")
-        run.mark("reference")
     for s, kind in enumerate(plan.indexes):
         if kind == "ivf" and not run.done(f"index-s{s}"):
             if progress is not None:
@@ -193,17 +197,6 @@ def run_out_of_core(input_path: Path, reference: np.ndarray, out: Path, cfg: Con
     if not options.keep_workdir:
         shutil.rmtree(run.path, ignore_errors=True)
     return out
-
-
-def ome_multiscales(sizes: list[tuple[int, int]], name: str) -> dict:
-    """OME-Zarr 0.5 multiscales metadata for arrays "0", "1", ... of the given sizes (finest first)."""
-    h0, w0 = sizes[0]
-    return {"version": "0.5", "multiscales": [{
-        "name": name,
-        "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-        "datasets": [{"path": str(s), "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0, h0 / h, w0 / w]}]} for s, (h, w) in enumerate(sizes)],
-    }]}
 
 
 def write_output(run: RunDir, out: Path, options: RunOptions, *, progress: Progress | None = None) -> None:
