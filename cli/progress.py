@@ -25,7 +25,8 @@ class Reporter:
             typer.echo(plan.describe(), err=True)
             total = info["samples"] * plan.num_scales * info["steps"]
             if info.get("tiled"):
-                typer.echo(tiled_summary(plan, info["tile"], info["channels"], info["steps"]), err=True)
+                typer.echo(tiled_summary(plan, info["tile"], info["channels"], info["steps"],
+                                         info.get("patch_size", 15)), err=True)
                 total = None  # set by the first tile event
             if self.tty:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -61,14 +62,28 @@ class Reporter:
             self._bar = None
 
 
-def tiled_summary(plan, tile: int, channels: int, steps: int) -> str:
+def index_bytes(spec: str, patches: int, channels: int, patch_size: int = 15) -> int:
+    """Bytes an IVF index of faiss factory `spec` holds for `patches` vectors (codes + 8-byte ids)."""
+    parts = dict((k.rstrip("0123456789x"), k) for k in spec.split(","))
+    if "PQ" in parts:
+        per = int(parts["PQ"][2:].split("x")[0])
+    elif "PCA" in parts:
+        per = 4 * int(parts["PCA"][3:])
+    else:
+        per = 4 * channels * patch_size**2
+    return patches * (per + 8)
+
+
+def tiled_summary(plan, tile: int, channels: int, steps: int, patch_size: int = 15) -> str:
     """What the out-of-core pipeline will do: tiles per scale and rough peak memory and disk."""
     tiles = [-(-h // tile) * -(-w // tile) for h, w in plan.out_sizes]
     h, w = plan.out_sizes[0]
     state = 4 * channels * h * w * (3 + 1 / 3)  # x0, x1, xhat at scale 0, plus the coarser scales' results
     rh, rw = plan.ref_sizes[0]
     per_tile = 4 * channels * (tile + 2 * 64) ** 2 * 40  # tile + halo and the denoiser's block temporaries
-    reference = 4 * channels * rh * rw * 25  # the finest reference level and its patch-row stores
+    # The finest reference level, and the largest IVF index (a worker holds one scale's at a time).
+    reference = 4 * channels * rh * rw + max([index_bytes(spec, n, channels, patch_size)
+                                              for spec, n in zip(plan.index_specs, plan.patches) if spec] or [0])
     return (f"out of core: tile {tile}, tiles per scale (finest first) {tiles}, {2 * steps} passes per scale; "
             f"disk ~{state / 2**30:.2f} GiB of state, memory ~{(per_tile + reference) / 2**30:.2f} GiB "
             f"per worker (estimate)")

@@ -45,7 +45,7 @@ def generate(
     Sample k uses seed cfg.seed + k, so sample k is the same whatever cfg.samples is.
     """
     ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))
-    plan = plan or make_plan(cfg, tuple(ref.shape[-2:]))
+    plan = plan or make_plan(cfg, tuple(ref.shape[-2:]), ref.shape[0])
     denoisers = build_denoisers(ref, plan, cfg)
     results = []
     for k in range(cfg.samples):
@@ -122,7 +122,7 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     started = time.perf_counter()
     with open_image(input_path) as image:  # header only: the shape (and a clear error for a bad file)
         channels, height, width = image.shape
-    plan = make_plan(cfg, (height, width))
+    plan = make_plan(cfg, (height, width), channels)
     oh, ow = plan.out_sizes[0]
     tiled = options.out_of_core
     if tiled is None:
@@ -131,7 +131,7 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     if progress is not None:
         progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
-                  "tiled": tiled, "tile": options.tile_size, "channels": channels})
+                  "tiled": tiled, "tile": options.tile_size, "channels": channels, "patch_size": cfg.patch_size})
     paths = output_paths(out, cfg.samples)
     if tiled:
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None

@@ -91,6 +91,9 @@ class Worker:
     def denoiser(self, scale: int) -> ImageDenoiser:
         with self._lock:
             if scale not in self._denoisers:
+                # Scales run coarse to fine and a finished scale is never denoised again: keep one scale's
+                # reference level and index in memory, not all of them.
+                self._denoisers.clear()
                 level = torch.from_numpy(self.run.reference()[str(scale)][...])
                 index = None
                 if self.plan.indexes[scale] == "ivf":
