@@ -33,3 +33,17 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the operating system after a big object (an index, a scale's
+    reference) is dropped. glibc keeps freed small and medium blocks in its heaps: after building an
+    11M-patch index ~1 GB stayed resident until `malloc_trim`. A no-op where glibc is absent."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass

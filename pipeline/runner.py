@@ -17,6 +17,7 @@ import zarr
 
 from . import __version__
 from .config import Config
+from .devices import release_memory
 from .errors import ConfigError, SidpipeError
 from .io.bigtiff import ZarrSource, build_levels, write_bigtiff, write_ome_zarr
 from .io.lazy import open_image
@@ -179,6 +180,8 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
                 progress({"event": "index", "scale": s, "patches": plan.patches[s]})
             level = torch.from_numpy(run.reference()[str(s)][...])
             build_index(level, cfg).save(run.index_path(s))
+            del level
+            release_memory()  # the built index is on disk now; its freed lists would otherwise stay resident
             run.mark(f"index-s{s}")
     cores = torch.get_num_threads()
     scheduler = "distributed" if options.address else options.scheduler

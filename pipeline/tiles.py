@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .devices import release_memory
 from .denoise import ImageDenoiser
 from .index import IVFIndex
 from .index.ivf import set_threads
@@ -74,7 +75,7 @@ class ScaleSpec:
 class Worker:
     """Per-process state of a run: its config and plan, and each scale's denoiser, built once."""
 
-    def __init__(self, run_dir: str, threads: int) -> None:
+    def __init__(self, run_dir: str) -> None:
         self.run = RunDir(Path(run_dir))
         manifest = self.run.manifest()
         self.cfg = Config(**manifest["identity"]["config"])
@@ -83,7 +84,6 @@ class Worker:
             ref_sizes=[tuple(s) for s in plan["ref_sizes"]], out_sizes=[tuple(s) for s in plan["out_sizes"]],
             device=torch.device(plan["device"]), precision=plan["precision"], indexes=plan["indexes"],
             patches=plan["patches"], query_strides=resolve_query_strides(self.cfg, [tuple(s) for s in plan["out_sizes"]]))
-        self.threads = threads
         self._denoisers: dict[int, ImageDenoiser] = {}
         self._lock = threading.Lock()
         self.state = self.run.state()
@@ -94,6 +94,7 @@ class Worker:
                 # Scales run coarse to fine and a finished scale is never denoised again: keep one scale's
                 # reference level and index in memory, not all of them.
                 self._denoisers.clear()
+                release_memory()
                 level = torch.from_numpy(self.run.reference()[str(scale)][...])
                 index = None
                 if self.plan.indexes[scale] == "ivf":
@@ -115,27 +116,26 @@ class Worker:
         self.state[f"s{spec.scale}/{name}"][:, y0:y1, x0:x1] = value.cpu().numpy()
 
 
-_WORKERS: dict[tuple[str, int], Worker] = {}
+_WORKERS: dict[str, Worker] = {}
 _WORKERS_LOCK = threading.Lock()
 
 
 def worker(run_dir: str, threads: int) -> Worker:
-    """This process's Worker for a run (created on first use; torch and faiss get `threads` threads)."""
+    """This process's Worker for a run (created on first use). torch and faiss get `threads` threads for
+    this task (0 = leave them alone): all tasks running at once in a process ask for the same number."""
     with _WORKERS_LOCK:
-        key = (run_dir, threads)
-        if key not in _WORKERS:
-            if threads > 0:
-                torch.set_num_threads(threads)
-                set_threads(threads)
-            _WORKERS[key] = Worker(run_dir, threads)
-        return _WORKERS[key]
+        if threads > 0 and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+            set_threads(threads)
+        if run_dir not in _WORKERS:
+            _WORKERS[run_dir] = Worker(run_dir)
+        return _WORKERS[run_dir]
 
 
 def release(run_dir: str) -> None:
-    """Forget this process's Workers of a run (its denoisers and open arrays) once the run is over."""
+    """Forget this process's Worker of a run (its denoiser and open arrays) once the run is over."""
     with _WORKERS_LOCK:
-        for key in [k for k in _WORKERS if k[0] == run_dir]:
-            del _WORKERS[key]
+        _WORKERS.pop(run_dir, None)
 
 
 def denoise_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
@@ -186,9 +186,10 @@ class Executor:
 
     def __init__(self, scheduler: str, workers: int, address: str | None = None) -> None:
         self.scheduler, self.workers = scheduler, max(1, workers)
-        cores = torch.get_num_threads()
-        # threads per task: share the cores between concurrent tasks, never oversubscribe
-        self.threads = max(1, cores // self.workers) if scheduler != "distributed" or not address else 0
+        self.cores = torch.get_num_threads()
+        # threads per task: share the cores between concurrent tasks, never oversubscribe (0: a remote
+        # cluster's workers keep their own settings)
+        self.threads = max(1, self.cores // self.workers) if scheduler != "distributed" or not address else 0
         self._client = self._cluster = self._pool = None
         if scheduler == "distributed":
             from distributed import Client, LocalCluster
@@ -206,6 +207,13 @@ class Executor:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         elif scheduler != "threads":
             raise ValueError(f"unknown scheduler {scheduler!r}")
+
+    def task_threads(self, tasks: int) -> int:
+        """Threads for each of `tasks` tasks of one pass: a pass with fewer tasks than workers (a coarse
+        scale's single tile) gives each of them more of the cores. Results do not depend on it."""
+        if self.threads == 0:
+            return 0
+        return max(1, self.cores // max(1, min(self.workers, tasks)))
 
     def run(self, fn: Callable, calls: list[tuple], on_done: Callable[[], None]) -> None:
         if not calls:
@@ -287,7 +295,8 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
                 todo = [b for b in boxes if box_key(b) not in finished]
                 counter["done"] += len(boxes) - len(todo)
                 counter["skipped"] += len(boxes) - len(todo)
-                executor.run(fn, [(run_dir, executor.threads, spec, t, b) for b in todo],
+                threads = executor.task_threads(len(todo))
+                executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
                              lambda s=s, t=t, kind=kind: report(s, t, kind))
                 run.mark(name)
         for name in ("x1", "xhat"):  # x0 = x_{s,0} is kept: the next scale's coarse input (and, at s = 0, the output)
