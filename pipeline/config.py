@@ -44,7 +44,7 @@ class Config:
     pca: int = 0                  # PCA pre-transform of IVF descriptors to this many dims (0 = off)
     pq: int = 0                   # IVF-PQ sub-quantizers (0 = IVF-Flat)
     train_factor: int = 64        # IVF training points per cell
-    index_memory: float = 3.0     # GiB an IVF index may hold per scale; auto PCA (then PQ) above it (pca=pq=0)
+    index_memory: float = 3.0     # GiB one scale's IVF index may take while built (~1.5x its size); else PCA 64/32, then PQ
     rerank: int = 4               # with PCA/PQ, rerank * knn candidates are re-ranked by true distance
     query_stride: int = 0         # denoise every s-th patch position (1 = all, as in the paper; 0 = auto by size)
     dataset_stride: int = 1       # index every s-th reference patch (IVF only)

@@ -20,8 +20,11 @@ from .sample.schedule import alpha_sigma
 # exact bf16 and IVF per call on this 2-core machine (benchmarks/bench_index.py); GPU: the official rule.
 CPU_IVF_THRESHOLD = 2000
 GPU_IVF_THRESHOLD = 250_000
-# Descriptor dimension of the PCA pre-transform that `index_memory` switches on (then PQ with 2 dims per byte).
-AUTO_PCA = 64
+# PCA pre-transform dimensions `index_memory` steps through (then PCA 64 + PQ codes, 2 dims per byte).
+AUTO_PCA = (64, 32)
+# An IVF index grows its lists while being built (std::vector doubling): an 11M-patch PCA64 build peaked at
+# 1.4x the final index size beyond the process's baseline (measured). The budget covers the build.
+BUILD_OVERHEAD = 1.5
 # `query_stride: 0` (auto) per scale: denoise every patch position up to 2^17 output pixels (~360^2), every
 # 2nd up to 2^19 (~720^2), every 4th above (capped at the fold window). See docs/large-outputs.md.
 AUTO_QUERY_STRIDES = ((1 << 17, 1), (1 << 19, 2), (None, 4))
@@ -120,15 +123,18 @@ def resolve_indexes(cfg: Config, patches: list[int], device: torch.device) -> li
 
 def ivf_params(cfg: Config, n: int = 0, dim: int = 0) -> IVFParams:
     """IVF settings of a scale with n patches of dimension dim. Unless pca or pq is set, an index whose
-    full vectors (4 bytes per dim + an 8-byte id) would exceed `index_memory` GiB gets a PCA pre-transform
-    to AUTO_PCA dims, and if that is still too big also PQ codes (one byte per 2 dims); the k-NN denoiser
-    then re-ranks its candidates by true distance."""
+    full vectors (4 bytes per dim + an 8-byte id), grown by BUILD_OVERHEAD while being built, would exceed
+    `index_memory` GiB gets a PCA pre-transform to the largest AUTO_PCA dims that fits, and if none fits,
+    PCA to AUTO_PCA[0] with PQ codes (one byte per 2 dims); the k-NN denoiser then re-ranks its candidates
+    by true distance."""
     pca, pq = cfg.pca, cfg.pq
-    budget = cfg.index_memory * 2**30
-    if not pca and not pq and n * (4 * dim + 8) > budget and dim > AUTO_PCA:
-        pca = AUTO_PCA
-        if n * (4 * pca + 8) > budget:
-            pq = pca // 2
+    budget = cfg.index_memory * 2**30 / BUILD_OVERHEAD
+    if not pca and not pq and n * (4 * dim + 8) > budget:
+        fits = [m for m in AUTO_PCA if m < dim and n * (4 * m + 8) <= budget]
+        if fits:
+            pca = fits[0]
+        elif dim > AUTO_PCA[0]:
+            pca, pq = AUTO_PCA[0], AUTO_PCA[0] // 2
     return IVFParams(nlist=cfg.nlist, nprobe=cfg.nprobe, pca=pca, pq=pq, train_factor=cfg.train_factor)
 
 

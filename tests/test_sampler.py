@@ -113,14 +113,21 @@ def test_ivf_sampling_reproduces_and_stays_on_the_reference(balloons):
 
 
 def test_index_memory_policy_and_auto_query_stride():
-    """index_memory picks PCA, then PCA + PQ, for references too big for IVF-Flat; query_stride 0 resolves per
+    """index_memory picks PCA 64, then PCA 32, then PCA + PQ, for references too big for IVF-Flat (the budget
+    covers the build's 1.5x growth); query_stride 0 resolves per
     scale by output size and never exceeds the fold window; an explicit stride applies to every scale."""
     from sidpipe.plan import ivf_params, resolve_query_strides
 
     cfg = Config(index_memory=1.0)
     assert (ivf_params(cfg, 40_000, 675).pca, ivf_params(cfg, 40_000, 675).pq) == (0, 0)
-    assert (ivf_params(cfg, 1_000_000, 675).pca, ivf_params(cfg, 1_000_000, 675).pq) == (64, 0)
+    assert (ivf_params(cfg, 200_000, 675).pca, ivf_params(cfg, 200_000, 675).pq) == (0, 0)  # 0.54 GB x 1.5 fits
+    assert (ivf_params(cfg, 300_000, 675).pca, ivf_params(cfg, 300_000, 675).pq) == (64, 0)  # 0.81 GB x 1.5 not
+    assert (ivf_params(cfg, 2_000_000, 675).pca, ivf_params(cfg, 2_000_000, 675).pq) == (64, 0)
+    assert (ivf_params(cfg, 3_000_000, 675).pca, ivf_params(cfg, 3_000_000, 675).pq) == (32, 0)
     assert (ivf_params(cfg, 11_000_000, 675).pca, ivf_params(cfg, 11_000_000, 675).pq) == (64, 32)
+    # the default 3 GiB: the 11M-patch eifeel level gets PCA 32 (1.5 GB), its 681k level stays IVF-Flat (1.8 GB)
+    assert ivf_params(Config(), 11_184_716, 675).factory(675, 11_184_716) == "PCA32,IVF3344,Flat"
+    assert ivf_params(Config(), 681_326, 675).pca == 0
     assert ivf_params(cfg.replace(pca=32), 11_000_000, 675).pq == 0  # the user's choice wins
     assert ivf_params(cfg, 11_000_000, 675).factory(675, 11_000_000) == "PCA64,IVF3317,PQ32x8"
     sizes = [(4096, 4096), (700, 700), (300, 300), (100, 100)]
