@@ -62,6 +62,9 @@ class ImageDenoiser:
     """
 
     fold_dtype = torch.float32
+    # True when a query's estimate does not depend on which other queries are estimated with it (no GEMM
+    # over the batch): a rectangle then estimates only the positions its fold needs, not whole blocks.
+    batch_invariant = False
 
     def __init__(self, reference: torch.Tensor, *, patch_size: int = 15, rho: float = 0.2, truncate: float = 3.0,
                  query_block: int = 32, query_stride: int = 1) -> None:
@@ -90,17 +93,23 @@ class ImageDenoiser:
         """Denoise (B, d) patches to whole (B, d) patches (the patch-level PATCHDENOISE)."""
         return self._estimate(queries, True, alpha, sigma)
 
-    def _block_estimate(self, q: torch.Tensor, edge: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    def _block_estimate(self, q: torch.Tensor, edge: torch.Tensor, alpha: float, sigma: float,
+                        path_edge: torch.Tensor | None = None) -> torch.Tensor:
         """Estimates of one block of queries: the window only, or whole patches if any query reaches the
-        border band (then the others are zero outside the window, where their weight is zero anyway)."""
-        if not bool(edge.any()) and self.fold_dtype != torch.float64:
+        border band (then the others are zero outside the window, where their weight is zero anyway).
+        path_edge: the edge flags of the whole block when q is part of it (the path is the whole block's)."""
+        pe = edge if path_edge is None else path_edge
+        if not bool(pe.any()) and self.fold_dtype != torch.float64:
             return self._estimate(q, False, alpha, sigma).to(self.fold_dtype)
-        if self.fold_dtype == torch.float64 or bool(edge.all()):
+        if self.fold_dtype == torch.float64 or bool(pe.all()):
             return self._estimate(q, True, alpha, sigma).to(self.fold_dtype)
         est = torch.zeros(q.shape[0], q.shape[1], dtype=self.fold_dtype, device=q.device)
-        est[edge] = self._estimate(q[edge], True, alpha, sigma).to(est.dtype)
+        if bool(edge.any()):
+            est[edge] = self._estimate(q[edge], True, alpha, sigma).to(est.dtype)
         inner = ~edge
-        est[inner.nonzero()[:, :1], self.box_columns[None, :]] = self._estimate(q[inner], False, alpha, sigma).to(est.dtype)
+        if bool(inner.any()):
+            est[inner.nonzero()[:, :1], self.box_columns[None, :]] = \
+                self._estimate(q[inner], False, alpha, sigma).to(est.dtype)
         return est
 
     def _to_grid(self, est: torch.Tensor, c: int, nr: int, nc: int) -> torch.Tensor:
@@ -121,27 +130,33 @@ class ImageDenoiser:
             a, b, c, d = y0 - hi, y1 - 1 - lo, x0 - hi, x1 - 1 - lo
         return max(a, 0), min(b, hp - 1), max(c, 0), min(d, wp - 1)
 
-    def _blocks(self, full: tuple[int, int], box: tuple[int, int, int, int]) -> list[tuple[int, int, int, int]]:
-        """The query blocks (i0, nr, j0, nc) of the global grid that the fold of `box` needs, in the fixed
-        order the whole image is folded in."""
+    def _blocks(self, full: tuple[int, int], box: tuple[int, int, int, int]) -> list[tuple[int, ...]]:
+        """The query blocks of the global grid that the fold of `box` needs, in the fixed order the whole
+        image is folded in: (i0, nr, j0, nc) of the positions to estimate, then (i0, nr, j0, nc) of the
+        whole block. A batch-invariant denoiser estimates only the positions whose fold reaches `box`
+        (at query stride 4 whole 128-px blocks around a 1024-px tile were 1.56x the tile's work); a
+        pixel of `box` still sums the same contributions in the same order."""
         h, w = full
         hp, wp = patch_grid(h, w, self.p)
         if hp < 1 or wp < 1:
             raise ValueError(f"image {h}x{w} is smaller than the patch size {self.p}")
         a, b, c, d = self._position_range(full, box)
-        st, blk = self.stride, self.block
+        st, blk, trim = self.stride, self.block, self.batch_invariant
         rows, cols = query_positions(hp, st), query_positions(wp, st)
 
-        def runs(pos: torch.Tensor, lo: int, hi: int) -> list[tuple[int, int]]:
+        def runs(pos: torch.Tensor, lo: int, hi: int) -> list[tuple[int, int, int, int]]:
             out = []
             for k in range(0, len(pos), blk):
                 for start, n in regular_runs(pos[k:k + blk], st):
                     if start <= hi and start + (n - 1) * st >= lo:
-                        out.append((start, n))
+                        first = max(0, -(-(lo - start) // st)) if trim else 0   # run indices kept
+                        last = min(n - 1, (hi - start) // st) if trim else n - 1
+                        out.append((start + first * st, last - first + 1, start, n))
             return out
 
         col_runs = runs(cols, c, d)
-        return [(i0, nr, j0, nc) for i0, nr in runs(rows, a, b) for j0, nc in col_runs]
+        return [(i0, nr, j0, nc, fi, fn, fj, fm) for i0, nr, fi, fn in runs(rows, a, b)
+                for j0, nc, fj, fm in col_runs]
 
     def support(self, full: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """Input rectangle (y0, y1, x0, x1) of x that `denoise_box(..., box)` reads."""
@@ -170,12 +185,16 @@ class ImageDenoiser:
         hp, wp = patch_grid(h, w, p)
         rows_band, cols_band = band_rows(hp, h, p, self.band), band_rows(wp, w, p, self.band)
         oy, ox = origin
-        for i0, nr, j0, nc in blocks:
+        def edges(i0: int, nr: int, j0: int, nc: int) -> torch.Tensor:
+            return (rows_band[i0:i0 + (nr - 1) * st + 1:st][:, None]
+                    | cols_band[j0:j0 + (nc - 1) * st + 1:st][None, :]).reshape(-1)
+
+        for i0, nr, j0, nc, fi, fn, fj, fm in blocks:
             region = x[:, i0 - oy:i0 - oy + (nr - 1) * st + p, j0 - ox:j0 - ox + (nc - 1) * st + p]
             q = F.unfold(region[None], p, stride=st)[0].T  # (nr*nc, d), raster order
-            edge = (rows_band[i0:i0 + (nr - 1) * st + 1:st][:, None]
-                    | cols_band[j0:j0 + (nc - 1) * st + 1:st][None, :]).reshape(-1)
-            est = self._block_estimate(q, edge, alpha, sigma)
+            edge = edges(i0, nr, j0, nc)
+            path_edge = None if (fn, fm) == (nr, nc) else edges(fi, fn, fj, fm)
+            est = self._block_estimate(q, edge, alpha, sigma, path_edge)
             folder.add(self._to_grid(est, c, nr, nc), i0, j0, st)
         y0, y1, x0, x1 = box
         out = folder.result()[:, y0 - sy0:y1 - sy0, x0 - sx0:x1 - sx0]
@@ -315,6 +334,11 @@ class KNNDenoiser(ImageDenoiser):
         if index.grid.patch_size != patch_size or (index.grid.height, index.grid.width) != tuple(reference.shape[-2:]):
             raise ValueError("the index was built for a different reference scale or patch size")
         self.index, self.k, self.grid = index, k, index.grid
+        # A CPU faiss IVF index searches each query on its own (its BLAS path is off, see index/ivf.py) and
+        # every later step works row by row: estimates do not depend on the batch, so a rectangle
+        # estimates only the positions it needs. (An exact index's GEMM, or a GPU index, may round a
+        # row differently with other rows: those keep whole blocks.)
+        self.batch_invariant = getattr(index, "kind", "") == "ivf" and not getattr(index, "on_gpu", False)
         self.final_nprobe, self.final_sigma = final_nprobe, final_sigma
         # Indexes whose distances are approximate (PCA, PQ) return rerank * k candidates; the k nearest
         # by true distance are kept.
