@@ -35,15 +35,32 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+_LIBC = None
+
+
+def trim_heap() -> None:
+    """Return the freed pages of glibc's heaps to the operating system (`malloc_trim`). Tile tasks free
+    many blocks of a few MB from several threads' arenas; without this the resident size of a 16-MP
+    run grew by ~1.7 GB of free-but-kept memory (measured: finest scale 3.0 GB -> 1.9 GB anonymous with a
+    trim after each task). A no-op where glibc is absent."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def release_memory() -> None:
     """Hand freed memory back to the operating system after a big object (an index, a scale's
-    reference) is dropped. glibc keeps freed small and medium blocks in its heaps: after building an
-    11M-patch index ~1 GB stayed resident until `malloc_trim`. A no-op where glibc is absent."""
-    import ctypes
+    reference) is dropped: collect cycles, then trim the heaps (after building an 11M-patch index ~1 GB
+    stayed resident until `malloc_trim`)."""
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
+    trim_heap()

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .config import Config
-from .devices import release_memory
+from .devices import release_memory, trim_heap
 from .denoise import ImageDenoiser
 from .index import IVFIndex
 from .index.ivf import set_threads
@@ -151,6 +151,8 @@ def denoise_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) 
     x_hat = d.denoise_box(x, (rect[0], rect[2]), spec.size, box, alpha, sigma)
     w.write(spec, "xhat", box, x_hat)
     w.run.mark_tile(f"s{spec.scale}-t{t}-A", box_key(box))
+    del x, x_hat
+    trim_heap()
 
 
 def step_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
