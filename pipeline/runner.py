@@ -132,7 +132,8 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     if progress is not None:
         progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
-                  "tiled": tiled, "tile": options.tile_size, "channels": channels, "patch_size": cfg.patch_size})
+                  "tiled": tiled, "tile": options.tile_size, "channels": channels, "patch_size": cfg.patch_size,
+                  "workers": options.workers or torch.get_num_threads(), "scheduler": options.scheduler})
     paths = output_paths(out, cfg.samples)
     if tiled:
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
