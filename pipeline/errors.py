@@ -11,3 +11,9 @@ class ImageError(SidpipeError):
 
 class ConfigError(SidpipeError):
     """An unknown preset, unknown config key, or a value of the wrong type or range."""
+
+
+class Interrupted(SidpipeError):
+    """SIGTERM (what Slurm sends before preemption) arrived: finished tiles are kept for a resume."""
+
+    MESSAGE = "stopped by SIGTERM; finished tiles are kept: run the same command again to resume"

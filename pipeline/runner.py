@@ -18,7 +18,7 @@ import zarr
 from . import __version__
 from .config import Config
 from .devices import release_memory
-from .errors import ConfigError, SidpipeError
+from .errors import ConfigError, Interrupted
 from .io.bigtiff import ZarrSource, build_levels, write_bigtiff, write_ome_zarr
 from .io.lazy import open_image
 from .io.read import load_image
@@ -28,7 +28,7 @@ from .plan import Plan, build_denoisers, build_index, make_plan
 from .refstream import write_reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
 from .store import RunDir, fingerprint
-from .tiles import Executor, release, sample_tiled
+from .tiles import STOP, Executor, release, sample_tiled
 
 Progress = Callable[[dict], None]
 
@@ -107,12 +107,11 @@ def check_output(out: Path) -> None:
         raise ConfigError(f"output folder does not exist: {out.parent}")
 
 
-class Interrupted(SidpipeError):
-    """SIGTERM (what Slurm sends before preemption) arrived: finished tiles are kept for a resume."""
-
-
 def _on_sigterm(signum, frame) -> None:
-    raise Interrupted("stopped by SIGTERM; finished tiles are kept: run the same command again to resume")
+    # The flag makes the stop stick even if this exception lands in a finaliser run by the garbage
+    # collector (Python ignores exceptions raised there): the tile loop checks it after every tile.
+    STOP.set()
+    raise Interrupted(Interrupted.MESSAGE)
 
 
 def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None = None,
@@ -136,6 +135,7 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
                   "workers": options.workers or torch.get_num_threads(), "scheduler": options.scheduler})
     paths = output_paths(out, cfg.samples)
     if tiled:
+        STOP.clear()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
         try:
             for k, path in enumerate(paths):

@@ -30,6 +30,7 @@ import torch
 
 from .config import Config
 from .devices import release_memory, trim_heap
+from .errors import Interrupted
 from .denoise import ImageDenoiser
 from .index import IVFIndex
 from .index.ivf import set_threads
@@ -118,6 +119,9 @@ class Worker:
         y0, y1, x0, x1 = box
         self.state[f"s{spec.scale}/{name}"][:, y0:y1, x0:x1] = value.cpu().numpy()
 
+
+# Set by the SIGTERM handler (runner): the tile loop stops at the next finished tile.
+STOP = threading.Event()
 
 _WORKERS: dict[str, Worker] = {}
 _WORKERS_LOCK = threading.Lock()
@@ -270,7 +274,12 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
     total = sum(2 * cfg.steps * len(tile_boxes(*size, tile)) for size in plan.out_sizes)
     counter = {"done": 0, "start": time.perf_counter(), "skipped": 0}
 
+    def check_stop() -> None:
+        if STOP.is_set():
+            raise Interrupted(Interrupted.MESSAGE)
+
     def report(scale: int, t: int, kind: str) -> None:
+        check_stop()
         counter["done"] += 1
         if progress is not None:
             progress({"event": "tile", "scale": scale, "t": t, "pass": kind, "done": counter["done"],
@@ -300,6 +309,7 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
                 todo = [b for b in boxes if box_key(b) not in finished]
                 counter["done"] += len(boxes) - len(todo)
                 counter["skipped"] += len(boxes) - len(todo)
+                check_stop()
                 threads = executor.task_threads(len(todo))
                 executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
                              lambda s=s, t=t, kind=kind: report(s, t, kind))
