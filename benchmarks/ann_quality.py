@@ -6,7 +6,7 @@ distance output -> reference (7x7, RMS per pixel), the coverage distance referen
 seconds, and the recall@5 of the finest scale's IVF index for noisy queries at t = 1, 2 and 5 of 10.
 The last lines give the mean IVF / exact ratio of each figure (the target: within 10 %).
 
-Usage: python benchmarks/ann_quality.py OUT_DIR REF [REF ...] [--nprobe 1,4] [--no-exact]
+Usage: python benchmarks/ann_quality.py OUT_DIR REF [REF ...] [--nprobe 1,4] [--no-exact] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sidpipe.config import load_config
+from sidpipe.config import load_config, parse_set
 from sidpipe.index import ExactIndex, IVFIndex, PatchGrid
 from sidpipe.io.read import load_image
 from sidpipe.io.write import save_image
@@ -48,11 +48,13 @@ def main() -> None:
     ap.add_argument("references", nargs="+", type=Path)
     ap.add_argument("--nprobe", default="1,4", help="comma-separated nprobe values for the IVF runs")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact runs (IVF figures only)")
+    ap.add_argument("--set", action="append", default=[], help="config key=value for the IVF runs (e.g. nprobe_last=4)")
     args = ap.parse_args()
+    extra = parse_set(args.set)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     nprobes = [int(v) for v in args.nprobe.split(",")]
     runs = ([("exact", {"index": "exact"})] if not args.no_exact else []) + [
-        (f"ivf-np{n}", {"index": "auto", "nprobe": n}) for n in nprobes]
+        (f"ivf-np{n}", {"index": "auto", "nprobe": n, **extra}) for n in nprobes]
     print(f"{'image':<18} {'run':<9} {'indexes':<26} {'out->ref':>8} {'ref->out':>8} {'secs':>6} {'recall t=1/2/5':>16}",
           flush=True)
     table: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
