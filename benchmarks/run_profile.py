@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 
@@ -33,10 +32,6 @@ def stage_times(run_dir: Path) -> list[tuple[str, float]]:
     return out
 
 
-def tiles(size: tuple[int, int], tile: int) -> int:
-    return math.ceil(size[0] / tile) * math.ceil(size[1] / tile)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path)
@@ -47,6 +42,10 @@ def main() -> None:
     from sidpipe.config import Config
     from sidpipe.plan import ivf_params, resolve_query_strides
     from sidpipe.pyramid import scale_sizes
+    from sidpipe.tiles import tile_boxes
+
+    def tiles(size: tuple[int, int], tile: int) -> int:
+        return len(tile_boxes(*size, tile))
 
     manifest = json.loads((args.run_dir / "manifest.json").read_text())
     plan, tile = manifest["plan"], manifest["layout"]["tile"]

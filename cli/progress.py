@@ -77,14 +77,16 @@ def index_bytes(spec: str, patches: int, channels: int, patch_size: int = 15) ->
 
 # Calibration of the memory estimate, from a sampled 16-MP run from an 11-MP reference (2 threads, tile 1024):
 # process baseline (torch, faiss, zarr) ~0.45 GiB; each running 1024^2 denoise task ~0.6 GiB of temporaries;
-# an IVF index peaks at ~1.5x its size while built. Measured peak 3.25 GiB where this gives 3.2.
-BASE_GIB, TASK_GIB_PER_MPX, BUILD_FACTOR = 0.45, 0.6, 1.5
+# an IVF index peaks at ~1.5x its size while built (plan.BUILD_OVERHEAD). Measured peak 3.25 GiB where this gives 3.2.
+BASE_GIB, TASK_GIB_PER_MPX = 0.45, 0.6
 
 
 def tiled_summary(plan, tile: int, channels: int, steps: int, patch_size: int = 15, workers: int = 1,
                   scheduler: str = "threads") -> str:
     """What the out-of-core pipeline will do: tiles per scale, disk, and the expected peak memory (the
     largest of building an index and sampling with `workers` tasks at once; per process)."""
+    from sidpipe.plan import BUILD_OVERHEAD
+
     tiles = [-(-h // tile) * -(-w // tile) for h, w in plan.out_sizes]
     h, w = plan.out_sizes[0]
     state = 4 * channels * h * w * (3 + 1 / 3)  # x0, x1, xhat at scale 0, plus the coarser scales' results
@@ -96,7 +98,7 @@ def tiled_summary(plan, tile: int, channels: int, steps: int, patch_size: int = 
         index = index_bytes(spec, n, channels, patch_size) / gib if spec else 0.0
         running = min(workers, tiles[s])
         per_process = 1 if scheduler == "threads" else max(1, running)
-        peak = max(peak, BUILD_FACTOR * index + level,                       # the driver builds the index
+        peak = max(peak, BUILD_OVERHEAD * index + level,                       # the driver builds the index
                    index + level + task * running / per_process)            # a worker samples the scale
     where = "in the process" if scheduler == "threads" else "per worker process"
     return (f"out of core: tile {tile}, tiles per scale (finest first) {tiles}, {2 * steps} passes per scale; "

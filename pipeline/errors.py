@@ -16,4 +16,5 @@ class ConfigError(SidpipeError):
 class Interrupted(SidpipeError):
     """SIGTERM (what Slurm sends before preemption) arrived: finished tiles are kept for a resume."""
 
-    MESSAGE = "stopped by SIGTERM; finished tiles are kept: run the same command again to resume"
+    def __init__(self) -> None:
+        super().__init__("stopped by SIGTERM; finished tiles are kept: run the same command again to resume")

@@ -111,7 +111,7 @@ def _on_sigterm(signum, frame) -> None:
     # The flag makes the stop stick even if this exception lands in a finaliser run by the garbage
     # collector (Python ignores exceptions raised there): the tile loop checks it after every tile.
     STOP.set()
-    raise Interrupted(Interrupted.MESSAGE)
+    raise Interrupted()
 
 
 def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None = None,

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from .config import Config
+from .denoise import ImageDenoiser
 from .devices import release_memory, trim_heap
 from .errors import Interrupted
-from .denoise import ImageDenoiser
 from .index import IVFIndex
 from .index.ivf import set_threads
 from .noise import noise_region
@@ -276,7 +276,7 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
 
     def check_stop() -> None:
         if STOP.is_set():
-            raise Interrupted(Interrupted.MESSAGE)
+            raise Interrupted()
 
     def report(scale: int, t: int, kind: str) -> None:
         check_stop()
