@@ -42,6 +42,7 @@ class Plan:
     patches: list[int]            # reference patches per scale (in the index, after dataset_stride)
     index_specs: tuple[str, ...] = ()  # per scale: faiss factory string of an IVF scale, else ""
     query_strides: tuple[int, ...] = ()  # per scale: denoise every s-th patch position
+    index_sizes: tuple[int, ...] = ()  # per scale: bytes of an IVF scale's index (`index_bytes`), else 0
 
     def query_stride(self, scale: int) -> int:
         return self.query_strides[scale] if scale < len(self.query_strides) else 1
@@ -83,10 +84,11 @@ def make_plan(cfg: Config, ref_hw: tuple[int, int], channels: int = 3) -> Plan:
     patches = [PatchGrid(1, rh, rw, p, cfg.dataset_stride).size for rh, rw in ref_sizes]
     indexes = resolve_indexes(cfg, patches, device)
     dim = channels * p * p
-    specs = tuple(ivf_params(cfg, n, dim).factory(dim, n) if kind == "ivf" else ""
-                  for kind, n in zip(indexes, patches))
+    params = [ivf_params(cfg, n, dim) if kind == "ivf" else None for kind, n in zip(indexes, patches)]
+    specs = tuple(prm.factory(dim, n) if prm else "" for prm, n in zip(params, patches))
+    sizes = tuple(index_bytes(n, dim, prm.pca, prm.pq) if prm else 0 for prm, n in zip(params, patches))
     return Plan(ref_sizes, out_sizes, device, resolve_precision(cfg.precision, device), indexes, patches, specs,
-                strides)
+                strides, sizes)
 
 
 def resolve_query_strides(cfg: Config, out_sizes: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -121,6 +123,12 @@ def resolve_indexes(cfg: Config, patches: list[int], device: torch.device) -> li
     return kinds
 
 
+def index_bytes(n: int, dim: int, pca: int = 0, pq: int = 0) -> int:
+    """Bytes an IVF index holds for n vectors of dimension dim: the stored codes (4 bytes per dimension,
+    after the PCA if any, or one byte per PQ sub-quantizer) and an 8-byte id each (the centroids are small)."""
+    return n * ((pq or 4 * (pca or dim)) + 8)
+
+
 def ivf_params(cfg: Config, n: int = 0, dim: int = 0) -> IVFParams:
     """IVF settings of a scale with n patches of dimension dim. Unless pca or pq is set, an index whose
     full vectors (4 bytes per dim + an 8-byte id), grown by BUILD_OVERHEAD while being built, would exceed
@@ -129,8 +137,8 @@ def ivf_params(cfg: Config, n: int = 0, dim: int = 0) -> IVFParams:
     by true distance."""
     pca, pq = cfg.pca, cfg.pq
     budget = cfg.index_memory * 2**30 / BUILD_OVERHEAD
-    if not pca and not pq and n * (4 * dim + 8) > budget:
-        fits = [m for m in AUTO_PCA if m < dim and n * (4 * m + 8) <= budget]
+    if not pca and not pq and index_bytes(n, dim) > budget:
+        fits = [m for m in AUTO_PCA if m < dim and index_bytes(n, dim, m) <= budget]
         if fits:
             pca = fits[0]
         elif dim > AUTO_PCA[0]:

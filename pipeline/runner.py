@@ -131,7 +131,7 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     if progress is not None:
         progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
-                  "tiled": tiled, "tile": options.tile_size, "channels": channels, "patch_size": cfg.patch_size,
+                  "tiled": tiled, "tile": options.tile_size, "channels": channels,
                   "workers": options.workers or torch.get_num_threads(), "scheduler": options.scheduler})
     paths = output_paths(out, cfg.samples)
     if tiled:

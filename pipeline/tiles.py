@@ -35,7 +35,7 @@ from .errors import Interrupted
 from .index import IVFIndex
 from .index.ivf import set_threads
 from .noise import noise_region
-from .plan import Plan, make_denoiser, resolve_query_strides
+from .plan import BUILD_OVERHEAD, Plan, make_denoiser, resolve_query_strides
 from .pyramid import resize_region, resize_support
 from .sample.schedule import alpha_sigma, reverse_step
 from .store import RunDir, state_array
@@ -48,6 +48,39 @@ def tile_boxes(height: int, width: int, tile: int) -> list[Box]:
     """The tiles of an image in raster order: tile x tile squares (smaller at the right/bottom edges)."""
     return [(y, min(height, y + tile), x, min(width, x + tile))
             for y in range(0, height, tile) for x in range(0, width, tile)]
+
+
+# Calibration of `estimate`, from a /proc-sampled 16-MP run from an 11-MP reference (2 threads, tile 1024):
+# process baseline (torch, faiss, zarr) ~0.45 GiB; each running 1024^2 denoise task ~0.6 GiB of temporaries;
+# an index peaks at BUILD_OVERHEAD times its size while built. Measured peak 3.25 GiB where this gave 3.2.
+BASE_BYTES, TASK_BYTES_PER_MPX = 0.45 * 2**30, 0.6 * 2**30
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What an out-of-core run will need: tiles per scale (finest first), bytes on disk (state arrays,
+    indexes, reference pyramid, uncompressed: an upper bound) and peak resident bytes per process."""
+
+    tiles: list[int]
+    disk: int
+    peak: int
+
+
+def estimate(plan: Plan, tile: int, channels: int, workers: int = 1, scheduler: str = "threads") -> Estimate:
+    """Tiles, disk and peak memory of `plan` at `tile`: the peak is the larger of the driver building a
+    scale's index (BUILD_OVERHEAD x the index, plus the level) and a worker sampling it (index, level and
+    the temporaries of the tasks running at once in one process)."""
+    tiles = [len(tile_boxes(h, w, tile)) for h, w in plan.out_sizes]
+    h, w = plan.out_sizes[0]
+    state = 4 * channels * h * w * (3 + 1 / 3)  # x0, x1, x_hat at scale 0, plus the coarser scales' arrays
+    levels = [4 * channels * rh * rw for rh, rw in plan.ref_sizes]
+    task = TASK_BYTES_PER_MPX * (tile / 1024) ** 2 * channels / 3
+    peak = 0.0
+    for s, (level, index) in enumerate(zip(levels, plan.index_sizes)):
+        running = min(workers, tiles[s])
+        per_process = 1 if scheduler == "threads" else running
+        peak = max(peak, BUILD_OVERHEAD * index + level, index + level + task * running / per_process)
+    return Estimate(tiles, int(state + sum(plan.index_sizes) + sum(levels)), int(BASE_BYTES + peak))
 
 
 def box_key(box: Box) -> str:

@@ -134,3 +134,16 @@ def test_sigterm_checkpoints_and_exits_nonzero(reference, uninterrupted, tmp_pat
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     np.testing.assert_array_equal(tifffile.imread(out), uninterrupted)
+
+
+def test_estimate_bounds_the_run_directory(reference, tmp_path):
+    """The plan's disk figure is an upper bound of what the run directory holds (without being absurd)."""
+    from sidpipe.tiles import estimate
+
+    tiled(reference, tmp_path, tile_size=64, workers=1)
+    cfg = load_config("default", OVERRIDES)
+    plan = make_plan(cfg, load_image(reference).shape[-2:])
+    used = sum(f.stat().st_size for f in (tmp_path / "out.tif.sidpipe").rglob("*") if f.is_file())
+    est = estimate(plan, 64, 3)
+    assert est.tiles == [4, 1, 1]  # 101x77 in 64-px tiles; the coarser scales fit one tile
+    assert used <= est.disk <= 4 * used
