@@ -7,6 +7,7 @@ seconds, and the recall@5 of the finest scale's IVF index for noisy queries at t
 The last lines give the mean IVF / exact ratio of each figure (the target: within 10 %).
 
 Usage: python benchmarks/ann_quality.py OUT_DIR REF [REF ...] [--nprobe 1,4] [--no-exact] [--set key=value ...]
+       [--baseline FILE]   with --no-exact: take the exact rows from FILE, an earlier output of this script
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def recall_at(ref: np.ndarray, cfg, plan, alpha: float, n_queries: int = 2000) -
     x = alpha * level.flip(-1) + (1 - alpha) * torch.randn(level.shape, generator=g)
     q = unfold(x, cfg.patch_size) / alpha
     q = q[torch.randperm(q.shape[0], generator=g)[:n_queries]]
-    _, found = IVFIndex.build(level, grid, ivf_params(cfg)).search(q, cfg.knn)
+    index = IVFIndex.build(level, grid, ivf_params(cfg, grid.size, grid.dim))  # the run's own kind of index
+    _, found = index.search(q, cfg.knn, k_factor=cfg.rerank)
     _, truth = ExactIndex(level, grid).search(q, cfg.knn)
     return float(np.mean([len(set(a) & set(b)) / cfg.knn for a, b in zip(found, truth)]))
 
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--nprobe", default="1,4", help="comma-separated nprobe values for the IVF runs")
     ap.add_argument("--no-exact", action="store_true", help="skip the exact runs (IVF figures only)")
     ap.add_argument("--set", action="append", default=[], help="config key=value for the IVF runs (e.g. nprobe_last=4)")
+    ap.add_argument("--baseline", type=Path, help="an earlier output of this script whose exact rows are the baseline")
     args = ap.parse_args()
     extra = parse_set(args.set)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +77,18 @@ def main() -> None:
                 rec = "/".join(f"{recall_at(ref, cfg, plan, a):.2f}" for a in (0.9, 0.8, 0.5))
             print(f"{path.stem:<18} {name:<9} {','.join(plan.indexes):<26} {fid:8.4f} {cov:8.4f} {secs:6.1f} {rec:>16}",
                   flush=True)
+    if args.baseline and not table.get("exact"):
+        rows = {}
+        for line in args.baseline.read_text().splitlines():
+            f = line.lstrip("> ").split()
+            if len(f) >= 5 and f[1] == "exact":
+                rows[f[0]] = (float(f[3]), float(f[4]))
+        missing = [p.stem for p in args.references if p.stem not in rows]
+        if missing:
+            print(f"baseline has no exact row for {', '.join(missing)}: ratios over the others only")
+        keep = [i for i, p in enumerate(args.references) if p.stem in rows]
+        table = {name: [r[i] for i in keep] for name, r in table.items()}
+        table["exact"] = [rows[args.references[i].stem] for i in keep]
     if "exact" in table and table["exact"]:
         base = np.array(table["exact"])
         for name, rows in table.items():

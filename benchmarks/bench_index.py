@@ -3,6 +3,7 @@
   python benchmarks/bench_index.py crossover REF            per-call seconds, exact vs IVF, N = 1k..32k
   python benchmarks/bench_index.py grid REF [REF ...]       seconds and peak RSS per output size and mode
          [--sizes 256,512,1024,2048,4096] [--modes exact-fp32,exact-bf16,ivf] [--limit 900] [--set k=v ...]
+         [--ref-mp 1.0]   resize every reference to ~1.0 megapixels first (antialiased, aspect kept)
 
 Every grid cell runs in its own process (peak RSS is that process's). A cell whose predicted time
 (the previous size's measured time times the pixel ratio, or a FLOP estimate for the exact modes)
@@ -65,9 +66,19 @@ def crossover(ref_path: Path, extra: dict) -> None:
               f"{1e6 * times[0] / n:10.2f} {1e6 * times[1] / n:9.2f}", flush=True)
 
 
-def cell(ref_path: Path, size: int, mode: str, extra: dict) -> dict:
-    """One grid cell in this process: one sample of size x size; returns seconds and peak RSS."""
+def reference(ref_path: Path, megapixels: float = 0.0) -> np.ndarray:
+    """The reference image, resized to ~megapixels (aspect kept) when given."""
     ref = load_image(ref_path)
+    if megapixels:
+        h, w = ref.shape[-2:]
+        f = math.sqrt(megapixels * 1e6 / (h * w))
+        ref = resize(torch.from_numpy(ref), (round(h * f), round(w * f))).numpy()
+    return ref
+
+
+def cell(ref_path: Path, size: int, mode: str, extra: dict, megapixels: float = 0.0) -> dict:
+    """One grid cell in this process: one sample of size x size; returns seconds and peak RSS."""
+    ref = reference(ref_path, megapixels)
     cfg = load_config("default", {**MODES[mode], **extra, "width": size, "height": size})
     plan = make_plan(cfg, ref.shape[-2:])
     t0 = time.perf_counter()
@@ -77,8 +88,7 @@ def cell(ref_path: Path, size: int, mode: str, extra: dict) -> dict:
     return {"seconds": secs, "rss_gib": rss, "indexes": plan.indexes}
 
 
-def exact_estimate(ref_path: Path, size: int, mode: str, extra: dict, gflops: float) -> float:
-    ref_hw = load_image(ref_path).shape[-2:]
+def exact_estimate(ref_hw: tuple[int, int], size: int, mode: str, extra: dict, gflops: float) -> float:
     cfg = load_config("default", {**MODES[mode], **extra, "width": size, "height": size})
     plan = make_plan(cfg, ref_hw)
     r = window_radius(cfg.patch_size, cfg.rho, cfg.fold_truncate)
@@ -87,12 +97,13 @@ def exact_estimate(ref_path: Path, size: int, mode: str, extra: dict, gflops: fl
     return flops / (gflops * 1e9)
 
 
-def grid(refs: list[Path], sizes: list[int], modes: list[str], limit: float, extra: dict) -> None:
-    rate = {"exact-fp32": 100.0, "exact-bf16": 250.0}  # GFLOP/s measured by bench_denoiser.py on this machine
+def grid(refs: list[Path], sizes: list[int], modes: list[str], limit: float, extra: dict, megapixels: float = 0.0) -> None:
+    # effective GFLOP/s of the exact denoiser measured by bench_denoiser.py on this machine (129.8 and 433.0)
+    rate = {"exact-fp32": 130.0, "exact-bf16": 430.0}
     print(f"{'reference':<22} {'output':>10} " + " ".join(f"{m:>22}" for m in modes))
     ivf_times: dict[str, list[tuple[int, float]]] = {}
     for ref_path in refs:
-        h, w = load_image(ref_path).shape[-2:]
+        h, w = reference(ref_path, megapixels).shape[-2:]
         last: dict[str, tuple[int, float]] = {}
         for size in sizes:
             cells = []
@@ -100,13 +111,14 @@ def grid(refs: list[Path], sizes: list[int], modes: list[str], limit: float, ext
                 if mode in last:
                     guess = last[mode][1] * (size / last[mode][0]) ** 2
                 elif mode.startswith("exact"):
-                    guess = exact_estimate(ref_path, size, mode, extra, rate[mode])
+                    guess = exact_estimate((h, w), size, mode, extra, rate[mode])
                 else:
                     guess = 0.0
                 if guess > limit:
                     cells.append(f"skip (~{guess / 60:.0f} min)")
                     continue
-                args = [sys.executable, __file__, "cell", str(ref_path), str(size), mode, *sum((["--set", f"{k}={v}"] for k, v in extra.items()), [])]
+                args = [sys.executable, __file__, "cell", str(ref_path), str(size), mode, "--ref-mp", str(megapixels),
+                        *sum((["--set", f"{k}={v}"] for k, v in extra.items()), [])]
                 res = subprocess.run(args, capture_output=True, text=True)
                 if res.returncode != 0:
                     cells.append("failed")
@@ -133,15 +145,16 @@ def main() -> None:
     ap.add_argument("--modes", default="exact-fp32,exact-bf16,ivf")
     ap.add_argument("--limit", type=float, default=900.0, help="skip cells predicted to take longer (seconds)")
     ap.add_argument("--set", action="append", default=[], help="config key=value for every run")
+    ap.add_argument("--ref-mp", type=float, default=0.0, help="resize references to ~this many megapixels first")
     a = ap.parse_args()
     extra = dict(kv.split("=", 1) for kv in a.set)
     torch.set_num_threads(torch.get_num_threads())
     if a.what == "crossover":
         crossover(Path(a.args[0]), extra)
     elif a.what == "cell":
-        print(json.dumps(cell(Path(a.args[0]), int(a.args[1]), a.args[2], extra)))
+        print(json.dumps(cell(Path(a.args[0]), int(a.args[1]), a.args[2], extra, a.ref_mp)))
     else:
-        grid([Path(p) for p in a.args], [int(s) for s in a.sizes.split(",")], a.modes.split(","), a.limit, extra)
+        grid([Path(p) for p in a.args], [int(s) for s in a.sizes.split(",")], a.modes.split(","), a.limit, extra, a.ref_mp)
 
 
 if __name__ == "__main__":

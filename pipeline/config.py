@@ -46,6 +46,9 @@ class Config:
     train_factor: int = 64        # IVF training points per cell
     index_memory: float = 3.0     # GiB one scale's IVF index may take while built (~1.5x its size); else PCA 64/32, then PQ
     rerank: int = 4               # with PCA/PQ, rerank * knn candidates are re-ranked by true distance
+    rerank_last: int = 0          # rerank at the last step t = 1 (0 = auto: 16 for a refined index, else rerank)
+    refine_pca: int = 128         # CPU: an IVF scale whose full vectors fit index_memory searches PCA-reduced
+                                  # descriptors and faiss re-ranks by true distance (0 = plain IVF-Flat)
     query_stride: int = 0         # denoise every s-th patch position (1 = all, as in the paper; 0 = auto by size)
     dataset_stride: int = 1       # index every s-th reference patch (IVF only)
     device: str = "auto"          # auto | cpu | cuda
@@ -77,6 +80,7 @@ class Config:
         _check(self.train_factor >= 1, "train_factor must be >= 1")
         _check(self.index_memory > 0, "index_memory must be > 0 (GiB)")
         _check(self.rerank >= 1, "rerank must be >= 1")
+        _check(self.rerank_last >= 0 and self.refine_pca >= 0, "rerank_last and refine_pca must be >= 0 (0 = off)")
         _check(self.query_stride >= 0, "query_stride must be >= 0 (0 = auto by output size)")
         _check(self.dataset_stride >= 1, "dataset_stride must be >= 1")
         _check(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")

@@ -321,12 +321,14 @@ class KNNDenoiser(ImageDenoiser):
         k: neighbours per query.
         final_nprobe, final_sigma: IVF cells to visit when sigma <= final_sigma (the last step, whose
             estimate is the output and where the softmax is sharp); 0 = the index's own nprobe.
-        rerank: an approximate index (PCA/PQ) proposes rerank * k candidates; the k truly nearest are kept.
+        rerank: an approximate index (PCA/PQ) proposes rerank * k candidates; the k truly nearest are kept
+            (re-ranked here from the reference image, or by faiss itself in a refined index).
+        final_rerank: rerank at the last step (0 = rerank).
     """
 
     def __init__(self, reference: torch.Tensor, index, *, k: int = 5, patch_size: int = 15, rho: float = 0.2,
                  truncate: float = 3.0, query_block: int = 32, query_stride: int = 1,
-                 final_nprobe: int = 0, final_sigma: float = 0.0, rerank: int = 4) -> None:
+                 final_nprobe: int = 0, final_sigma: float = 0.0, rerank: int = 4, final_rerank: int = 0) -> None:
         super().__init__(reference, patch_size=patch_size, rho=rho, truncate=truncate,
                          query_block=query_block, query_stride=query_stride)
         from .index.grid import PatchReader
@@ -341,9 +343,11 @@ class KNNDenoiser(ImageDenoiser):
         self.batch_invariant = getattr(index, "kind", "") == "ivf" and not getattr(index, "on_gpu", False)
         self.final_nprobe, self.final_sigma = final_nprobe, final_sigma
         # Indexes whose distances are approximate (PCA, PQ) return rerank * k candidates; the k nearest
-        # by true distance are kept.
+        # by true distance are kept (a refined index does this inside faiss).
         self.exact_distances = bool(getattr(index, "exact_distances", False))
-        self.candidates = k * max(1, rerank) if getattr(index, "approximate", False) else k
+        self.refined = bool(getattr(index, "refined", False))
+        self.rerank, self.final_rerank = max(1, rerank), max(1, final_rerank or rerank)
+        self.approximate = bool(getattr(index, "approximate", False))
         lo = patch_size // 2 - self.radius
         self.reader = PatchReader(reference, self.grid, window=(lo, 2 * self.radius + 1))
         self.num_patches = index.ntotal
@@ -354,8 +358,13 @@ class KNNDenoiser(ImageDenoiser):
         if alpha == 0.0:
             mean = self.mean if full else self.mean[self.box_columns]
             return mean[None].expand(q.shape[0], -1).clone()
-        nprobe = self.final_nprobe if self.final_nprobe and sigma <= self.final_sigma else None
-        dist, ids = self.index.search(q / alpha, self.candidates, nprobe=nprobe)
+        last = sigma <= self.final_sigma
+        nprobe = self.final_nprobe if self.final_nprobe and last else None
+        rerank = self.final_rerank if last else self.rerank
+        if self.refined:  # faiss re-ranks rerank * k candidates by true distance
+            dist, ids = self.index.search(q / alpha, self.k, nprobe=nprobe, k_factor=rerank)
+        else:
+            dist, ids = self.index.search(q / alpha, self.k * rerank if self.approximate else self.k, nprobe=nprobe)
         ids = torch.from_numpy(ids).to(q.device)
         found = ids >= 0
         ids = ids.clamp_min(0)

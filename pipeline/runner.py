@@ -180,7 +180,7 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
             if progress is not None:
                 progress({"event": "index", "scale": s, "patches": plan.patches[s]})
             level = torch.from_numpy(run.reference()[str(s)][...])
-            build_index(level, cfg).save(run.index_path(s))
+            build_index(level, cfg, plan.device).save(run.index_path(s))
             del level
             release_memory()  # the built index is on disk now; its freed lists would otherwise stay resident
             run.mark(f"index-s{s}")

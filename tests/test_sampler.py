@@ -96,7 +96,10 @@ def test_index_policy_per_scale():
     plan = make_plan(Config(index="exact", index_scales="ivf, auto", ivf_threshold=100), ref_hw)
     assert plan.indexes == ["ivf", "ivf", "exact", "exact"]
     assert make_plan(Config(dataset_stride=2), ref_hw).patches[0] == 117 * 86
-    assert "ivf index (IVF201,Flat) over 40248 patches" in make_plan(Config(index="ivf"), ref_hw).describe()
+    described = make_plan(Config(index="ivf"), ref_hw).describe()
+    assert "ivf index (PCA128,IVF201,Flat,RFlat) over 40248 patches" in described  # refined on a CPU
+    assert "ivf index (IVF3,Flat) over 153 patches" in described  # too few patches to train a PCA
+    assert "ivf index (IVF201,Flat) over 40248" in make_plan(Config(index="ivf", refine_pca=0), ref_hw).describe()
 
 
 def test_ivf_sampling_reproduces_and_stays_on_the_reference(balloons):
@@ -118,7 +121,7 @@ def test_index_memory_policy_and_auto_query_stride():
     scale by output size and never exceeds the fold window; an explicit stride applies to every scale."""
     from sidpipe.plan import ivf_params, resolve_query_strides
 
-    cfg = Config(index_memory=1.0)
+    cfg = Config(index_memory=1.0, refine_pca=0)
     assert (ivf_params(cfg, 40_000, 675).pca, ivf_params(cfg, 40_000, 675).pq) == (0, 0)
     assert (ivf_params(cfg, 200_000, 675).pca, ivf_params(cfg, 200_000, 675).pq) == (0, 0)  # 0.54 GB x 1.5 fits
     assert (ivf_params(cfg, 300_000, 675).pca, ivf_params(cfg, 300_000, 675).pq) == (64, 0)  # 0.81 GB x 1.5 not
@@ -130,6 +133,15 @@ def test_index_memory_policy_and_auto_query_stride():
     assert ivf_params(Config(), 681_326, 675).pca == 0
     assert ivf_params(cfg.replace(pca=32), 11_000_000, 675).pq == 0  # the user's choice wins
     assert ivf_params(cfg, 11_000_000, 675).factory(675, 11_000_000) == "PCA64,IVF3317,PQ32x8"
+    # refine_pca: on a CPU, where the full vectors and the PCA codes fit together, a refined index.
+    fast = cfg.replace(refine_pca=128)
+    assert ivf_params(fast, 40_000, 675).factory(675, 40_000) == "PCA128,IVF200,Flat,RFlat"
+    assert not ivf_params(fast, 40_000, 675, "cuda").refine  # GPU: plain IVF-Flat
+    assert not ivf_params(fast, 40_000, 100).refine           # nothing to reduce
+    assert not ivf_params(fast, 2_000, 675).refine            # too few points to train a 675-dim PCA
+    assert ivf_params(fast, 250_000, 675).factory(675, 250_000) == "IVF500,Flat"  # Flat fits, Flat + codes not
+    assert ivf_params(fast, 2_000_000, 675).factory(675, 2_000_000) == "PCA64,IVF1414,Flat"  # as without
+    assert not ivf_params(fast.replace(pca=32), 40_000, 675).refine  # the user's choice wins
     sizes = [(4096, 4096), (700, 700), (300, 300), (100, 100)]
     assert resolve_query_strides(Config(), sizes) == (4, 2, 1, 1)
     assert resolve_query_strides(Config(patch_size=5, rho=0.2), sizes)[0] == 3  # fold window 3 px wide

@@ -2,8 +2,11 @@
 
 The descriptors are the raw patches (d = C*p*p), optionally reduced by a PCA pre-transform; the
 coarse quantizer has nlist ~ sqrt(N) cells; the cells hold the full vectors (IVF-Flat) or PQ codes
-(IVF-PQ, for very large N). Whatever the index returns, the k-NN denoiser recomputes the true
-distances from the reference image itself, so PCA/PQ only decide *which* patches are candidates.
+(IVF-PQ, for very large N). A *refined* index (PCA + IVF + a flat copy of the full vectors, faiss
+IndexRefineFlat) searches in the PCA space, then faiss re-ranks k_factor * k candidates by their
+true distance: fast where the full vectors fit in memory. Where the index itself does not return
+true distances (PCA or PQ without refinement), the k-NN denoiser recomputes them from the reference
+image, so PCA/PQ only decide *which* patches are candidates.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class IVFParams:
     descriptors to this many dimensions first (0 = off). pq: IVF-PQ with this many 8-bit sub-quantizers
     (0 = IVF-Flat; must divide the descriptor dimension). train_factor: training points per cell
     (the issue's 30-256; faiss wants >= 39). seed: which patches are sampled for training.
+    refine: keep a flat copy of the full vectors and let faiss re-rank the candidates of the PCA/PQ
+    search by true distance (the search's k_factor says how many: k_factor * k).
     """
 
     nlist: int = 0
@@ -56,6 +61,7 @@ class IVFParams:
     pq: int = 0
     train_factor: int = 64
     seed: int = 0
+    refine: bool = False
 
     def resolved_nlist(self, n: int) -> int:
         nlist = self.nlist or round(math.sqrt(n))
@@ -66,7 +72,8 @@ class IVFParams:
         d = self.pca or dim
         if self.pq and d % self.pq:
             raise ConfigError(f"pq={self.pq} must divide the descriptor dimension {d}")
-        return f"{pre}IVF{self.resolved_nlist(n)},{f'PQ{self.pq}x8' if self.pq else 'Flat'}"
+        post = ",RFlat" if self.refine else ""
+        return f"{pre}IVF{self.resolved_nlist(n)},{f'PQ{self.pq}x8' if self.pq else 'Flat'}{post}"
 
 
 def set_threads(n: int) -> None:
@@ -87,9 +94,10 @@ class IVFIndex:
         self.index, self.grid, self.params = index, grid, params
         self.ntotal = int(index.ntotal)
         self.on_gpu = False
-        # IVF-Flat returns ||q - y||^2 computed pair by pair in float32: the k-NN denoiser can use it
-        # as the true distance. PCA or PQ distances are approximate and are recomputed.
-        self.exact_distances = not params.pca and not params.pq
+        # IVF-Flat (and a refined index) returns ||q - y||^2 computed pair by pair in float32: the k-NN
+        # denoiser can use it as the true distance. PCA or PQ distances are approximate and are recomputed.
+        self.refined = params.refine
+        self.exact_distances = params.refine or (not params.pca and not params.pq)
         self.approximate = not self.exact_distances  # candidates chosen by approximate distances: re-rank more
         self._set_nprobe(params.nprobe)
 
@@ -132,24 +140,25 @@ class IVFIndex:
         return cls(index, grid, params)
 
     def search(self, descriptors: np.ndarray | torch.Tensor, k: int,
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               nprobe: int | None = None, k_factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(n, d) float32 -> (distances, ids), each (n, k); ids are -1 where fewer than k were found.
 
-        nprobe overrides the index's own for this call only (thread-safe: passed as search parameters).
+        nprobe overrides the index's own for this call only (thread-safe: passed as search parameters);
+        k_factor: a refined index re-ranks k_factor * k candidates (ignored by the others).
         """
         q = descriptors.cpu().numpy() if isinstance(descriptors, torch.Tensor) else descriptors
         q = np.ascontiguousarray(q, dtype=np.float32)
         if self.on_gpu:
             k = min(k, 2048)  # faiss GPU limit for k and nprobe
-        if nprobe is None:
+        if nprobe is None and not self.refined:
             return self.index.search(q, k)
         faiss = _faiss()
-        params = faiss.SearchParametersIVF(nprobe=min(nprobe, self.nlist))
-        if self.params.pca:  # the PCA pre-transform wraps the IVF: its parameters nest
-            outer = faiss.SearchParametersPreTransform()
-            outer.index_params = params
-            params = outer
-        return self.index.search(q, k, params=params)
+        # Nested parameter objects hold raw pointers to their inner ones: keep every level referenced here.
+        ivf = faiss.SearchParametersIVF(nprobe=min(nprobe or self.params.nprobe, self.nlist))
+        pre = faiss.SearchParametersPreTransform(index_params=ivf) if self.params.pca else ivf  # PCA wraps the IVF
+        top = (faiss.IndexRefineSearchParameters(k_factor=float(max(1, k_factor)), base_index_params=pre)
+               if self.refined else pre)  # ... and the refinement wraps both
+        return self.index.search(q, k, params=top)
 
     # -- persistence -------------------------------------------------------------------------------
 
@@ -186,6 +195,8 @@ class IVFIndex:
         """
         faiss = _faiss()
         if device.type != "cuda" or not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            return self
+        if self.refined:  # a CPU layout (the plan never makes one for CUDA): search it where it is
             return self
         res = faiss.StandardGpuResources()  # pragma: no cover - needs a GPU
         gpu = faiss.index_cpu_to_gpu(res, device.index or 0, self.index)  # pragma: no cover
