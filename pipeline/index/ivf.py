@@ -100,6 +100,37 @@ class IVFIndex:
         self.exact_distances = params.refine or (not params.pca and not params.pq)
         self.approximate = not self.exact_distances  # candidates chosen by approximate distances: re-rank more
         self._set_nprobe(params.nprobe)
+        self._unpack()
+
+    def _unpack(self) -> None:
+        """Reach the parts of a PCA index (CPU): its transform, its IVF and a refined index's flat vectors.
+
+        `search` applies the PCA itself: faiss applies it with a float32 GEMM whose rounding of a row
+        changes with the batch around it and the thread count (measured: 8k of 20k queries' distances
+        differed when the same queries were searched with another batch alignment), which would make a
+        tile's result differ from the whole image's.
+        """
+        self._pca = None
+        if not self.params.pca or self.on_gpu:
+            return
+        faiss = _faiss()
+        top = self.index
+        base = faiss.downcast_index(top.base_index) if self.refined else top
+        self._flat = faiss.downcast_index(top.refine_index) if self.refined else None
+        pre = faiss.downcast_index(base)
+        lt = faiss.downcast_VectorTransform(pre.chain.at(0))
+        a = faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in)
+        b = faiss.vector_to_array(lt.b) if lt.have_bias else np.zeros(lt.d_out, dtype=np.float32)
+        self._pca = (torch.from_numpy(a.T.astype(np.float64)), torch.from_numpy(b.astype(np.float64)))
+        self._ivf = faiss.downcast_index(pre.index)
+
+    def _project(self, q: np.ndarray) -> np.ndarray:
+        """The PCA of queries, computed in float64 and rounded to float32: a row's float64 result may change
+        in its last bits with the batch, which survives the rounding only if it straddles a float32
+        rounding boundary (~1e-8 per coordinate), so rows come out the same in practice."""
+        a, b = self._pca
+        y = torch.from_numpy(q).double() @ a
+        return y.add_(b).float().numpy()
 
     def _set_nprobe(self, nprobe: int) -> None:
         faiss = _faiss()
@@ -150,15 +181,25 @@ class IVFIndex:
         q = np.ascontiguousarray(q, dtype=np.float32)
         if self.on_gpu:
             k = min(k, 2048)  # faiss GPU limit for k and nprobe
-        if nprobe is None and not self.refined:
-            return self.index.search(q, k)
         faiss = _faiss()
-        # Nested parameter objects hold raw pointers to their inner ones: keep every level referenced here.
-        ivf = faiss.SearchParametersIVF(nprobe=min(nprobe or self.params.nprobe, self.nlist))
-        pre = faiss.SearchParametersPreTransform(index_params=ivf) if self.params.pca else ivf  # PCA wraps the IVF
-        top = (faiss.IndexRefineSearchParameters(k_factor=float(max(1, k_factor)), base_index_params=pre)
-               if self.refined else pre)  # ... and the refinement wraps both
-        return self.index.search(q, k, params=top)
+        params = faiss.SearchParametersIVF(nprobe=min(nprobe or self.params.nprobe, self.nlist))
+        if self._pca is None:  # IVF-Flat / IVF-PQ without PCA (or on a GPU): faiss does it all
+            if self.on_gpu and self.params.pca:  # pragma: no cover - needs a GPU
+                params = faiss.SearchParametersPreTransform(index_params=params)
+            return self.index.search(q, k, params=params)
+        m = k * max(1, k_factor) if self.refined else k
+        dist, ids = self._ivf.search(self._project(q), m, params=params)
+        if not self.refined:
+            return dist, ids
+        # Re-rank the m candidates by true distance on the stored full vectors (faiss, pair by pair).
+        found = ids >= 0
+        safe = np.where(found, ids, 0)
+        true = np.empty(ids.shape, dtype=np.float32)
+        self._flat.compute_distance_subset(len(q), faiss.swig_ptr(q), m, faiss.swig_ptr(true), faiss.swig_ptr(safe))
+        true[~found] = np.inf
+        order = np.argsort(true, axis=1, kind="stable")[:, :k]
+        dist, ids = np.take_along_axis(true, order, 1), np.take_along_axis(ids, order, 1)
+        return np.where(np.isfinite(dist), dist, np.float32(np.inf)), np.where(np.isfinite(dist), ids, -1)
 
     # -- persistence -------------------------------------------------------------------------------
 
@@ -201,5 +242,5 @@ class IVFIndex:
         res = faiss.StandardGpuResources()  # pragma: no cover - needs a GPU
         gpu = faiss.index_cpu_to_gpu(res, device.index or 0, self.index)  # pragma: no cover
         moved = IVFIndex(gpu, self.grid, IVFParams(**{**asdict(self.params), "nprobe": min(self.params.nprobe, 2048)}))  # pragma: no cover
-        moved.on_gpu, moved._gpu_resources = True, res  # pragma: no cover
+        moved.on_gpu, moved._gpu_resources, moved._pca = True, res, None  # pragma: no cover
         return moved  # pragma: no cover
