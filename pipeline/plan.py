@@ -149,15 +149,17 @@ def ivf_params(cfg: Config, n: int = 0, dim: int = 0, device: torch.device | str
     on balloons: ~3x faster than IVF-Flat at nprobe 8 for a recall of 0.95 instead of 0.98)."""
     pca, pq, refine = cfg.pca, cfg.pq, False
     budget = cfg.index_memory * 2**30 / BUILD_OVERHEAD
-    if not pca and not pq and index_bytes(n, dim) > budget:
-        fits = [m for m in AUTO_PCA if m < dim and index_bytes(n, dim, m) <= budget]
-        if fits:
-            pca = fits[0]
-        elif dim > AUTO_PCA[0]:
-            pca, pq = AUTO_PCA[0], AUTO_PCA[0] // 2
-    elif (not pca and not pq and torch.device(device).type == "cpu" and 0 < cfg.refine_pca < dim
-          and n >= 4 * dim and index_bytes(n, dim, cfg.refine_pca, refine=True) <= budget):  # (PCA: >= 4 dim points)
-        pca, refine = cfg.refine_pca, True
+    if not pca and not pq:  # the user's choice wins
+        if index_bytes(n, dim) > budget:
+            fits = [m for m in AUTO_PCA if m < dim and index_bytes(n, dim, m) <= budget]
+            if fits:
+                pca = fits[0]
+            elif dim > AUTO_PCA[0]:
+                pca, pq = AUTO_PCA[0], AUTO_PCA[0] // 2
+        elif (torch.device(device).type == "cpu" and 0 < cfg.refine_pca < dim
+              and n >= 4 * dim  # enough points to train the PCA
+              and index_bytes(n, dim, cfg.refine_pca, refine=True) <= budget):
+            pca, refine = cfg.refine_pca, True
     return IVFParams(nlist=cfg.nlist, nprobe=cfg.nprobe, pca=pca, pq=pq, train_factor=cfg.train_factor, refine=refine)
 
 

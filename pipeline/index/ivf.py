@@ -90,10 +90,10 @@ class IVFIndex:
 
     kind = "ivf"
 
-    def __init__(self, index, grid: PatchGrid, params: IVFParams) -> None:
+    def __init__(self, index, grid: PatchGrid, params: IVFParams, *, on_gpu: bool = False) -> None:
         self.index, self.grid, self.params = index, grid, params
         self.ntotal = int(index.ntotal)
-        self.on_gpu = False
+        self.on_gpu = on_gpu
         # IVF-Flat (and a refined index) returns ||q - y||^2 computed pair by pair in float32: the k-NN
         # denoiser can use it as the true distance. PCA or PQ distances are approximate and are recomputed.
         self.refined = params.refine
@@ -199,7 +199,7 @@ class IVFIndex:
         true[~found] = np.inf
         order = np.argsort(true, axis=1, kind="stable")[:, :k]
         dist, ids = np.take_along_axis(true, order, 1), np.take_along_axis(ids, order, 1)
-        return np.where(np.isfinite(dist), dist, np.float32(np.inf)), np.where(np.isfinite(dist), ids, -1)
+        return dist, np.where(np.isfinite(dist), ids, -1)
 
     # -- persistence -------------------------------------------------------------------------------
 
@@ -241,6 +241,7 @@ class IVFIndex:
             return self
         res = faiss.StandardGpuResources()  # pragma: no cover - needs a GPU
         gpu = faiss.index_cpu_to_gpu(res, device.index or 0, self.index)  # pragma: no cover
-        moved = IVFIndex(gpu, self.grid, IVFParams(**{**asdict(self.params), "nprobe": min(self.params.nprobe, 2048)}))  # pragma: no cover
-        moved.on_gpu, moved._gpu_resources, moved._pca = True, res, None  # pragma: no cover
+        moved = IVFIndex(gpu, self.grid, IVFParams(**{**asdict(self.params), "nprobe": min(self.params.nprobe, 2048)}),
+                         on_gpu=True)  # pragma: no cover
+        moved._gpu_resources = res  # pragma: no cover
         return moved  # pragma: no cover
