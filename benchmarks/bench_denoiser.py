@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sidpipe.config import load_config
+from sidpipe.devices import cpu_has_bf16
 from sidpipe.denoise import PatchDenoiser, flops_per_call
 from sidpipe.io.read import load_image
 from sidpipe.patches import patch_grid, window_radius
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--configs", default="paper-table1,default", help="presets to time whole samples with")
     ap.add_argument("--no-samples", action="store_true", help="only the denoiser and matmul figures")
     ap.add_argument("--query-block", type=int, default=None)
+    ap.add_argument("--bf16", action="store_true",
+                    help="time the bf16 denoiser even on a CPU without native bf16 (there it takes ~15 min)")
     args = ap.parse_args()
 
     ref = torch.from_numpy(load_image(args.reference))
@@ -70,6 +73,10 @@ def main() -> None:
     x = 0.7 * ref.flip(-1) + 0.3 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(0))
     flops = flops_per_call(n, n, c, p, r)
     for prec in ("fp32", "bf16"):
+        if prec == "bf16" and not cpu_has_bf16() and not args.bf16:
+            print(f"exact denoiser bf16: skipped, this CPU has no native bf16 (matmul {mm['bf16']:.1f} GFLOP/s: "
+                  f"one call would take ~{flops / mm['bf16'] / 1e9:.0f} s or more; --bf16 times it anyway)")
+            continue
         den = PatchDenoiser(ref, patch_size=p, rho=cfg.rho, truncate=cfg.fold_truncate, precision=prec,
                             query_block=cfg.query_block)
         secs = best_of(lambda: den(x, 0.7, 0.3), repeats=1)
