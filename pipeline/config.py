@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,15 @@ import yaml
 
 from .errors import ConfigError
 
-# Presets live in the repository's configs/ folder (next to pipeline/).
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Presets ship inside the package: the repository's configs/ folder is the import package
+# `sidpipe.configs` (pyproject.toml maps it), read through importlib.resources so that an installed
+# wheel works without the source tree.
+PRESETS = "sidpipe.configs"
+
+
+def preset_files() -> dict[str, Traversable]:
+    """Every bundled preset, by name."""
+    return {f.name[:-5]: f for f in resources.files(PRESETS).iterdir() if f.name.endswith(".yaml") and f.is_file()}
 
 
 @dataclass(frozen=True)
@@ -144,14 +153,14 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted(preset_files())
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """Read a preset by name (configs/NAME.yaml) or by path; returns its key/value mapping."""
-    path = Path(name_or_path)
+    path: Path | Traversable = Path(name_or_path)
     if not path.suffix:
-        path = PRESET_DIR / f"{name_or_path}.yaml"
+        path = preset_files().get(name_or_path, path)
     if not path.is_file():
         raise ConfigError(f"unknown preset {name_or_path!r} (available: {', '.join(preset_names())})")
     try:
