@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 OUT    ?= out
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all wheel-check bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,9 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+wheel-check:
+	PY=$(PY) TORCH="$(TORCH)" bash .ci/wheel-check
 
 bench: setup
 	$(BIN)/python benchmarks/bench_denoiser.py examples/balloons.png

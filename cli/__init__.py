@@ -52,6 +52,7 @@ def parse_size(text: str) -> tuple[int, int]:
 from . import run_cmd  # noqa: E402,F401  (registers `run`)
 from . import eval_cmd  # noqa
 from . import bench_cmd  # noqa
+from . import info_cmd  # noqa
 
 
 def main() -> None:

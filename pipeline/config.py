@@ -158,6 +158,13 @@ def preset_names() -> list[str]:
 
 def load_preset(name_or_path: str) -> dict[str, Any]:
     """Read a preset by name (configs/NAME.yaml) or by path; returns its key/value mapping."""
+    data = read_preset(name_or_path)
+    data.pop("description", None)
+    return data
+
+
+def read_preset(name_or_path: str) -> dict[str, Any]:
+    """A preset's YAML mapping as written, `description` included (see `load_preset`)."""
     path: Path | Traversable = Path(name_or_path)
     if not path.suffix:
         path = preset_files().get(name_or_path, path)
@@ -169,7 +176,6 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
         raise ConfigError(f"preset {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"preset {path} must be a mapping of config keys")
-    data.pop("description", None)
     return {k: (math.inf if v in ("inf", ".inf") else v) for k, v in data.items()}
 
 

@@ -92,3 +92,26 @@ def test_bad_input_fails_cleanly(tmp_path, args, needle):
     assert "Traceback" not in res.output
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_presets_and_info():
+    res = runner.invoke(app, ["presets"])
+    assert res.exit_code == 0 and "default" in res.output and "paper-table1" in res.output
+    res = runner.invoke(app, ["presets", "--show", "paper-table1"])
+    assert res.exit_code == 0 and "precision: fp32" in res.output and "query_stride: 1" in res.output
+    res = runner.invoke(app, ["presets", "--show", "paper-table1", "--all"])
+    assert res.exit_code == 0 and "knn: 5" in res.output  # a default the preset does not set
+    res = runner.invoke(app, ["presets", "--show", "no-such-preset"])
+    assert res.exit_code == 1 and "unknown preset" in res.output
+    import json
+
+    from sidpipe.devices import resolve_precision
+
+    res = runner.invoke(app, ["info", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["versions"]["sidpipe"] == __version__
+    assert info["compute"]["precision_auto"] == resolve_precision("auto", __import__("torch").device(info["compute"]["device"]))
+    assert info["memory"]["total"] > 0 and info["disk"][0]["free"] > 0
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0 and "precision:     auto ->" in res.output
