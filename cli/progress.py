@@ -23,6 +23,8 @@ class Reporter:
         if kind == "plan":
             plan = info["plan"]
             typer.echo(plan.describe(), err=True)
+            if info.get("output"):
+                typer.echo(info["output"], err=True)
             total = info["samples"] * plan.num_scales * info["steps"]
             if info.get("tiled"):
                 typer.echo(tiled_summary(plan, info["tile"], info["channels"], info["steps"],

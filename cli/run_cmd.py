@@ -9,8 +9,9 @@ import typer
 
 from sidpipe.config import load_config, parse_set
 from sidpipe.errors import SidpipeError
+from sidpipe.io.units import parse_size as parse_print_size
 
-from . import app, fail, parse_size
+from . import app, fail
 from .progress import Reporter
 
 
@@ -19,7 +20,8 @@ def run(
     input: Annotated[Path, typer.Argument(help="Reference image (PNG, JPEG or TIFF).", show_default=False)],
     *,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output file; its extension picks the format (.png, .tif, .jpg).")],
-    size: Annotated[Optional[str], typer.Option(help="Output size WxH (default: the reference's size).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="Output size WxH in pixels, or with a unit and --dpi: "
+                                                "300x200cm, 40x30in, 900x600mm (default: the reference's size).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; sample k uses seed + k.")] = None,
     samples: Annotated[Optional[int], typer.Option(help="Number of images; >1 writes OUT-stem_000.ext, _001, ...")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Diffusion steps T per scale.")] = None,
@@ -38,9 +40,20 @@ def run(
                                                     "giving one forces the out-of-core pipeline.")] = None,
     keep_workdir: Annotated[bool, typer.Option("--keep-workdir", help="Keep the run directory after success.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Discard an unfinished run of a different job.")] = False,
-    compression: Annotated[str, typer.Option(help="BigTIFF compression: zlib | zstd | jpeg | none")] = "zlib",
+    compression: Annotated[str, typer.Option(help="TIFF compression: zlib | zstd | lzw | jpeg | none")] = "zlib",
     bit_depth: Annotated[int, typer.Option("--bit-depth", help="8 or 16 bits per channel.")] = 8,
-    dpi: Annotated[Optional[float], typer.Option(help="Resolution tags of TIFF output (dots per inch).")] = None,
+    dpi: Annotated[Optional[float], typer.Option(help="Resolution written to the output (dots per inch); "
+                                                 "turns a --size in mm/cm/in into pixels.")] = None,
+    # print production (README "Print production")
+    output_profile: Annotated[Optional[Path], typer.Option("--output-profile", help="Convert to this RGB or CMYK ICC "
+                              "profile while writing (CMYK: .tif only).")] = None,
+    intent: Annotated[Optional[str], typer.Option(help="perceptual | relative | saturation | absolute "
+                                                  "(default relative).")] = None,
+    bpc: Annotated[bool, typer.Option("--bpc", help="Black point compensation.")] = False,
+    bigtiff: Annotated[str, typer.Option(help="auto | always | never (auto: BigTIFF only above 4 GiB).")] = "auto",
+    no_pyramid: Annotated[bool, typer.Option("--no-pyramid", help="No reduced levels (SubIFDs) in TIFF output.")] = False,
+    proof: Annotated[Optional[Path], typer.Option(help="Soft proof JPEG (<= 2048 px) through the output profile.")] = None,
+    gamut_warning: Annotated[bool, typer.Option("--gamut-warning", help="Mark out-of-gamut pixels in the proof.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Generate new images whose patches, at every scale, match the reference's."""
@@ -53,14 +66,17 @@ def run(
         flags = {"seed": seed, "samples": samples, "steps": steps, "eta": eta, "patch_size": patch_size,
                  "device": device, "index": index}
         overrides.update({k: v for k, v in flags.items() if v is not None})
+        size_unit = None
         if size is not None:
-            overrides["width"], overrides["height"] = parse_size(size)
+            (overrides["width"], overrides["height"]), size_unit = parse_print_size(size, dpi)
         cfg = load_config(preset, overrides)
         if not input.is_file():
             raise SidpipeError(f"input not found: {input}")
         options = RunOptions(tile_size=tile_size, workers=workers, scheduler=scheduler, address=address,
                              workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite,
-                             compression=compression, bit_depth=bit_depth, dpi=dpi)
+                             compression=compression, bit_depth=bit_depth, dpi=dpi,
+                             output_profile=output_profile, intent=intent, bpc=bpc, bigtiff=bigtiff,
+                             pyramid=not no_pyramid, proof=proof, gamut_warning=gamut_warning, size_unit=size_unit)
         run_job(input, out, cfg, progress=reporter, options=options)
     except SidpipeError as exc:
         reporter.close()

@@ -19,13 +19,15 @@ from . import __version__
 from .config import Config
 from .devices import release_memory
 from .errors import ConfigError, Interrupted
-from .io.bigtiff import ZarrSource, build_levels, write_bigtiff, write_ome_zarr
+from .io.bigtiff import BIGTIFF_MODES, COMPRESSIONS, ZarrSource
+from .io.color import INTENTS
 from .io.lazy import open_image
 from .io.read import load_image
 from .index.ivf import set_threads
-from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths, save_image
+from .io.output import OutputSpec, output_spec, write_result
+from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths
 from .plan import Plan, build_denoisers, build_index, make_plan
-from .refstream import write_reference_pyramid
+from .refstream import ArrayRegions, write_reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
 from .store import RunDir, fingerprint
 from .tiles import STOP, Executor, release, sample_tiled
@@ -77,9 +79,18 @@ class RunOptions:
     keep_workdir: bool = False
     overwrite: bool = False
     out_of_core: bool | None = None
-    compression: str = "zlib"        # BigTIFF output: zlib | zstd | jpeg | none
+    compression: str = "zlib"        # TIFF output: zlib | zstd | lzw | jpeg | none
     bit_depth: int = 8
     dpi: float | None = None
+    # print production (sidpipe.io.output): checked with the reference's profile by output_spec before any compute
+    output_profile: Path | None = None  # convert to this RGB/CMYK ICC profile while writing
+    intent: str | None = None        # perceptual | relative | saturation | absolute (None: relative)
+    bpc: bool = False                # black point compensation
+    bigtiff: str = "auto"            # auto | always | never
+    pyramid: bool = True             # reduced levels in TIFF SubIFDs
+    proof: Path | None = None        # soft-proof JPEG through the output profile
+    gamut_warning: bool = False      # mark out-of-gamut pixels in the proof
+    size_unit: str | None = None     # the unit --size was given in (shown on the plan line)
 
     def __post_init__(self) -> None:
         if self.tile_size < 64 or self.tile_size % 16:
@@ -88,14 +99,25 @@ class RunOptions:
             raise ConfigError("--workers must be >= 0")
         if self.scheduler not in ("threads", "processes", "distributed"):
             raise ConfigError(f"--scheduler must be threads, processes or distributed, got {self.scheduler!r}")
-        if self.compression not in ("zlib", "zstd", "jpeg", "none"):
-            raise ConfigError(f"--compression must be zlib, zstd, jpeg or none, got {self.compression!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if self.bigtiff not in BIGTIFF_MODES:
+            raise ConfigError(f"--bigtiff must be one of {', '.join(BIGTIFF_MODES)}, got {self.bigtiff!r}")
+        if self.intent is not None and self.intent not in INTENTS:
+            raise ConfigError(f"--intent must be one of {', '.join(INTENTS)}, got {self.intent!r}")
         if self.bit_depth not in (8, 16):
             raise ConfigError(f"--bit-depth must be 8 or 16, got {self.bit_depth}")
         if self.compression == "jpeg" and self.bit_depth != 8:
             raise ConfigError("--compression jpeg needs --bit-depth 8")
         if self.dpi is not None and self.dpi <= 0:
             raise ConfigError("--dpi must be > 0")
+
+    def output_spec(self, input_path: Path, out: Path, size: tuple[int, int], channels: int) -> tuple[OutputSpec, str]:
+        """The checked output spec of a run with result `size` (H, W), and its plan line (see `output_spec`)."""
+        return output_spec(input_path, out, size=size, channels=channels, compression=self.compression,
+                           bit_depth=self.bit_depth, dpi=self.dpi, profile=self.output_profile, intent=self.intent,
+                           bpc=self.bpc, bigtiff=self.bigtiff, pyramid=self.pyramid, proof=self.proof,
+                           gamut_warning=self.gamut_warning, size_unit=self.size_unit)
 
 
 def check_output(out: Path) -> None:
@@ -129,10 +151,12 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         tiled = oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
     if not tiled and out.suffix.lower() == ".zarr":
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
+    spec, output_line = options.output_spec(input_path, out, (oh, ow), channels)
     if progress is not None:
         progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
                   "tiled": tiled, "tile": options.tile_size, "channels": channels,
-                  "workers": options.workers or torch.get_num_threads(), "scheduler": options.scheduler})
+                  "workers": options.workers or torch.get_num_threads(), "scheduler": options.scheduler,
+                  "output": output_line})
     paths = output_paths(out, cfg.samples)
     if tiled:
         STOP.clear()
@@ -140,26 +164,27 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         try:
             for k, path in enumerate(paths):
                 run_out_of_core(input_path, None, path, cfg.replace(seed=cfg.seed + k, samples=1), plan,
-                                options, progress=progress)
+                                options, progress=progress, spec=spec)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     else:
         images = generate(load_image(input_path), cfg, progress=progress, plan=plan)
         for path, image in zip(paths, images):
-            save_image(path, image, bit_depth=options.bit_depth)
+            write_result(ArrayRegions(image), path, spec, zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
     if progress is not None:
         progress({"event": "done", "paths": paths, "seconds": time.perf_counter() - started})
     return paths
 
 
 def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, cfg: Config, plan: Plan,
-                    options: RunOptions, *, progress: Progress | None = None) -> Path:
+                    options: RunOptions, *, progress: Progress | None = None, spec: OutputSpec | None = None) -> Path:
     """One sample through the run directory: reference pyramid and indexes on disk, tiled sampling over
     zarr, streamed output. Resumes whatever a previous, interrupted run of the same job had finished.
 
     reference: the image already in memory (C, H, W), or None to read input_path region by region
-    (`open_image`) while the reference pyramid is written, never holding it whole."""
+    (`open_image`) while the reference pyramid is written, never holding it whole. spec: the checked
+    output spec (default: `RunOptions.output_spec` of this output)."""
     run_dir = options.workdir or out.with_name(out.name + ".sidpipe")
     identity = {"config": cfg.to_dict(), "input": fingerprint(input_path), "output_size": list(plan.out_sizes[0])}
     with open_image(input_path) if reference is None else nullcontext(reference) as source:
@@ -197,28 +222,20 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
         release(str(run.path))
         torch.set_num_threads(cores)
         set_threads(cores)
-    write_output(run, out, options, progress=progress)
+    if spec is None:
+        spec, _ = options.output_spec(input_path, out, plan.out_sizes[0], channels)
+    write_output(run, out, spec, progress=progress)
     if not options.keep_workdir:
         shutil.rmtree(run.path, ignore_errors=True)
     return out
 
 
-def write_output(run: RunDir, out: Path, options: RunOptions, *, progress: Progress | None = None) -> None:
-    """Stream x_{0,0} from the run's state into the output file (BigTIFF, OME-Zarr, or PNG/JPEG)."""
-    source = ZarrSource(run.state()["s0/x0"])
-    suffix = out.suffix.lower()
-    if suffix in (".png", ".jpg", ".jpeg"):  # formats without tiles: the image is assembled in memory
-        c, h, w = source.shape
-        save_image(out, source.read(0, h, 0, w), bit_depth=options.bit_depth)
-        return
-    levels = [source, *build_levels(source, zarr.open_group(run.path / "levels.zarr", mode="w"))]
+def write_output(run: RunDir, out: Path, spec: OutputSpec, *, progress: Progress | None = None) -> None:
+    """Stream x_{0,0} from the run's state into the output file (TIFF, OME-Zarr, or PNG/JPEG) as `spec` says."""
 
     def report(done: int, total: int) -> None:
         if progress is not None:
             progress({"event": "write", "done": done, "total": total})
 
-    if suffix == ".zarr":
-        write_ome_zarr(out, levels, bit_depth=options.bit_depth)
-    else:
-        write_bigtiff(out, levels, compression=options.compression, bit_depth=options.bit_depth, dpi=options.dpi,
-                      progress=report)
+    write_result(ZarrSource(run.state()["s0/x0"]), out, spec, zarr.open_group(run.path / "levels.zarr", mode="w"),
+                 progress=report)

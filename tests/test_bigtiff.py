@@ -16,11 +16,11 @@ from sidpipe.errors import ImageError
 from sidpipe.io.bigtiff import (
     RegionSource,
     ZarrSource,
-    _srgb_icc,
     build_levels,
     write_bigtiff,
     write_ome_zarr,
 )
+from sidpipe.io.color import srgb
 from sidpipe.io.lazy import LazyImage, open_image
 from sidpipe.io.read import load_image
 from sidpipe.io.write import _quantise
@@ -296,12 +296,12 @@ def _all(source) -> np.ndarray:
     return source.read(0, h, 0, w)
 
 
-@pytest.mark.parametrize("compression,tag", [("zlib", 8), ("zstd", 50000), ("jpeg", 7), ("none", 1)])
+@pytest.mark.parametrize("compression,tag", [("zlib", 8), ("zstd", 50000), ("lzw", 5), ("jpeg", 7), ("none", 1)])
 def test_write_bigtiff_round_trip_with_tifffile(tmp_path, compression, tag):
     levels = _pyramid(tmp_path, load_image(AURORA))
     out = tmp_path / "out.tif"
     calls = []
-    write_bigtiff(out, levels, tile=64, compression=compression, dpi=300,
+    write_bigtiff(out, levels, tile=64, compression=compression, dpi=300, icc=srgb().data, bigtiff="always",
                   progress=lambda done, total: calls.append((done, total)))
     total = sum(-(-lv.shape[1] // 64) * -(-lv.shape[2] // 64) for lv in levels)
     assert calls[-1] == (total, total) and len(calls) == total
@@ -312,7 +312,7 @@ def test_write_bigtiff_round_trip_with_tifffile(tmp_path, compression, tag):
         assert page.compression == tag
         assert page.tags["XResolution"].value == (300, 1) and page.tags["YResolution"].value == (300, 1)
         assert page.tags["ResolutionUnit"].value == tifffile.RESUNIT.INCH
-        assert page.tags["InterColorProfile"].value == _srgb_icc()
+        assert page.tags["InterColorProfile"].value == srgb().data
         subs = page.pages
         assert [p.shape for p in subs] == [(lv.shape[1], lv.shape[2], 3) for lv in levels[1:]]
         assert [p.subfiletype for p in subs] == [1] * len(subs)
@@ -333,12 +333,12 @@ def test_write_bigtiff_round_trip_with_tifffile(tmp_path, compression, tag):
 def test_write_bigtiff_reads_back_with_pyvips(tmp_path, compression):
     levels = _pyramid(tmp_path, load_image(AURORA))
     out = tmp_path / "out.tif"
-    write_bigtiff(out, levels, tile=64, compression=compression, dpi=254)
+    write_bigtiff(out, levels, tile=64, compression=compression, dpi=254, icc=srgb().data)
     image = pyvips.Image.new_from_file(str(out), fail_on="warning")
     assert (image.width, image.height, image.bands) == (298, 167, 3)
     assert image.xres == pytest.approx(10.0) and image.yres == pytest.approx(10.0)  # pixels/mm
     assert image.get("n-subifds") == len(levels) - 1
-    assert image.get("icc-profile-data") == _srgb_icc()
+    assert image.get("icc-profile-data") == srgb().data
     if compression == "zlib":
         np.testing.assert_array_equal(image.numpy(), _quantise(_all(levels[0]), 8))
     last = pyvips.Image.new_from_file(str(out), subifd=len(levels) - 2, fail_on="warning")
@@ -388,7 +388,7 @@ def test_write_bigtiff_failure_mid_write_leaves_nothing(tmp_path, error):
 def test_write_bigtiff_replaces_existing_file(tmp_path):
     out = tmp_path / "out.tif"
     out.write_bytes(b"old")
-    write_bigtiff(out, [ArraySource(load_image(AURORA))], compression="none", icc=False)
+    write_bigtiff(out, [ArraySource(load_image(AURORA))], compression="none")
     with tifffile.TiffFile(out) as tif:
         assert tif.pages[0].shape == (167, 298, 3) and "InterColorProfile" not in tif.pages[0].tags
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]

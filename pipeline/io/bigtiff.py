@@ -1,4 +1,4 @@
-"""Stream huge images out of core: reduced-resolution levels, tiled pyramidal BigTIFF, OME-Zarr.
+"""Stream huge images out of core: reduced-resolution levels, tiled pyramidal (Big)TIFF, OME-Zarr.
 
 Everything here works on *region sources*: objects with ``.shape`` (C, H, W) and
 ``.read(y0, y1, x0, x1)`` returning (C, h, w) float32 in [-1, 1] (see `RegionSource`).
@@ -12,7 +12,7 @@ rounding odd sizes up (as `build_levels` makes them).
 
 from __future__ import annotations
 
-import functools
+import base64
 import os
 import shutil
 import uuid
@@ -24,12 +24,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import tifffile
 import zarr
-from PIL import ImageCms
 
 from ..errors import ImageError
+from .color import Conversion
 from .write import _quantise
 
-COMPRESSIONS: tuple[str, ...] = ("zlib", "zstd", "jpeg", "none")
+COMPRESSIONS: tuple[str, ...] = ("zlib", "zstd", "lzw", "jpeg", "none")
+BIGTIFF_MODES: tuple[str, ...] = ("auto", "always", "never")
 
 _WORKERS = min(4, os.cpu_count() or 1)  # threads reading/quantising tiles, and encoding them
 
@@ -38,9 +39,16 @@ _WORKERS = min(4, os.cpu_count() or 1)  # threads reading/quantising tiles, and 
 _CODECS: dict[str, tuple[str | None, dict[str, int]]] = {
     "zlib": ("zlib", {"level": 1}),
     "zstd": ("zstd", {"level": 1}),
+    "lzw": ("lzw", {}),
     "jpeg": ("jpeg", {"level": 95}),
     "none": (None, {}),
 }
+# Worst-case size of a compressed tile over its raw size: deflate/zstd store incompressible blocks
+# with a few bytes of framing; LZW's codes are at most 12 bits per 8-bit byte; JPEG at quality 95 on
+# noise stays well under 1.5 bytes per sample.
+_EXPANSION = {"zlib": 1.01, "zstd": 1.01, "lzw": 1.5, "jpeg": 1.5, "none": 1.0}
+_CLASSIC_LIMIT = 2**32  # a classic TIFF's 32-bit offsets
+_INKSET = 332  # TIFF tag InkSet
 
 
 @runtime_checkable
@@ -153,85 +161,173 @@ def write_bigtiff(
     compression: str = "zlib",
     bit_depth: int = 8,
     dpi: float | None = None,
-    icc: bool = True,
+    icc: bytes | None = None,
+    conversion: Conversion | None = None,
+    bigtiff: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Stream a pyramid into a tiled BigTIFF: level 0 first, the other levels as its SubIFDs.
+    """Stream a pyramid into a tiled TIFF: level 0 first, the other levels as its SubIFDs.
 
     Pixels are quantised exactly as `save_image` does (round((x + 1) / 2 * maxval)
-    after clipping to [-1, 1]), one tile at a time; edge tiles are padded to full
-    size (TIFF stores whole tiles) by replicating the last row/column, so JPEG does
-    not ring at the image border. zlib and zstd (level 1) use the horizontal
-    differencing predictor; JPEG is quality 95, YCbCr 4:2:0 for RGB. Tiles are
-    written row by row, left to right. Sub-level k is marked as a reduced image
-    and its DPI is dpi / 2^k. RGB files get an sRGB ICC profile (if `icc`). The
-    file appears atomically: it is written to a hidden ``.<stem>.<random>.part<ext>``
-    file in the same folder and renamed over `path` at the end; on any failure,
-    including KeyboardInterrupt or an exception from a source, the partial file is
-    removed. Tiles are read, quantised and encoded by a few threads (sources must
-    allow concurrent `read` calls, as LazyImage and ZarrSource do); memory holds
-    at most about two tile rows (tile x W x C) of 8/16-bit pixels.
+    after clipping to [-1, 1]), one tile at a time. With a `conversion` they are
+    quantised to 16 bits instead and converted tile by tile to the output profile
+    (LittleCMS), at `bit_depth`: a CMYK profile gives a CMYK file (photometric
+    separated, InkSet CMYK), and the output profile is embedded instead of `icc`.
+    Edge tiles are padded to full size (TIFF stores whole tiles) by replicating the
+    last row/column, so JPEG does not ring at the image border. zlib, zstd and LZW
+    use the horizontal differencing predictor; JPEG is quality 95, YCbCr 4:2:0 for
+    RGB. Tiles are written row by row, left to right. Sub-level k is marked as a
+    reduced image and its DPI is dpi / 2^k. The file is a classic TIFF or a BigTIFF
+    as `bigtiff` and `tiff_size_bound` decide. It appears atomically: it is written
+    to a hidden ``.<stem>.<random>.part<ext>`` file in the same folder and renamed
+    over `path` at the end; on any failure, including KeyboardInterrupt or an
+    exception from a source, the partial file is removed. Tiles are read,
+    quantised, converted and encoded by a few threads (sources must allow
+    concurrent `read` calls, as LazyImage and ZarrSource do); memory holds at most
+    about two tile rows (tile x W x C) of 8/16-bit pixels.
 
     Args:
         path: Output file (conventionally .tif/.tiff).
         levels: Level 0, then its reduced levels (each the previous one halved,
-            rounding up), all with the same channel count C = 1 or 3.
+            rounding up), all with the same channel count C = 1 or 3. One level: no pyramid.
         tile: Tile side in pixels, a multiple of 16.
-        compression: One of "zlib", "zstd", "jpeg" (8-bit only), "none".
+        compression: One of "zlib", "zstd", "lzw", "jpeg" (8-bit gray/RGB only), "none".
         bit_depth: 8 or 16.
         dpi: Resolution of level 0 in pixels per inch, or None to leave it unset.
-        icc: Embed an sRGB ICC profile in RGB images.
+        icc: ICC profile to embed (the working space), or None for none.
+        conversion: Convert to this output profile while writing, or None to keep the working space.
+        bigtiff: "auto" (BigTIFF only if a classic TIFF might exceed 4 GiB), "always" or "never".
         progress: Called as progress(done_tiles, total_tiles) after each tile is
             prepared, counting the tiles of all levels.
 
     Raises:
         ImageError: Bad bit depth, compression or compression/bit-depth combination,
-            non-finite pixel values, or the file cannot be written.
+            bigtiff="never" for a file that may not fit a classic TIFF, non-finite
+            pixel values, or the file cannot be written.
         ValueError: Bad tile size, or `levels` is empty or not a halving pyramid
             with one channel count.
     """
     path = Path(path)
     channels = _check_pyramid(levels)
+    samples = conversion.channels if conversion is not None else channels
     if bit_depth not in (8, 16):
         raise ImageError(f"bit depth must be 8 or 16, got {bit_depth}")
+    check_tiff_options(compression, bit_depth, samples)
+    if tile < 16 or tile % 16:
+        raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
+    sizes = [src.shape[1:] for src in levels]
+    big = use_bigtiff(bigtiff, tiff_size_bound(sizes, samples, bit_depth, tile, compression), path)
+    if conversion is not None:
+        icc = conversion.target.data
+
+    def read(k: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        block = levels[k].read(y0, y1, x0, x1)
+        if conversion is None:
+            return _quantise(block, bit_depth)
+        return conversion.apply(_quantise(block, 16), bit_depth)
+
+    stream_tiff(path, sizes, read, samples=samples, bit_depth=bit_depth, tile=tile, compression=compression,
+                dpi=dpi, icc=icc, bigtiff=big, progress=progress)
+
+
+def check_tiff_options(compression: str, bit_depth: int, samples: int) -> None:
+    """Refuse a compression sidpipe does not write, or JPEG where it cannot go (16-bit, CMYK).
+
+    Raises:
+        ImageError: Naming the problem.
+    """
     if compression not in _CODECS:
         raise ImageError(f"unsupported compression {compression!r}; supported: {', '.join(COMPRESSIONS)}")
     if compression == "jpeg" and bit_depth != 8:
-        raise ImageError(f"JPEG compression is 8-bit only (bit depth {bit_depth} requested): {path}")
-    if tile < 16 or tile % 16:
-        raise ValueError(f"tile must be a positive multiple of 16, got {tile}")
+        raise ImageError(f"JPEG compression is 8-bit only (bit depth {bit_depth} requested)")
+    if compression == "jpeg" and samples == 4:
+        raise ImageError("JPEG compression is for gray and RGB output, not CMYK")
 
+
+def tiff_size_bound(sizes: Sequence[tuple[int, int]], samples: int, bit_depth: int, tile: int,
+                    compression: str) -> int:
+    """An upper bound on the bytes of a tiled TIFF of levels `sizes` ((H, W) each): whole tiles,
+    times the codec's worst-case expansion (`_EXPANSION`), plus 16 bytes of offsets and counts per
+    tile and 64 KiB for the headers, tags and profile."""
+    tiles = sum(-(-h // tile) * -(-w // tile) for h, w in sizes)
+    raw = tiles * tile * tile * samples * (bit_depth // 8)
+    return int(raw * _EXPANSION[compression]) + 16 * tiles + (1 << 16)
+
+
+def use_bigtiff(mode: str, bound: int, path: str | os.PathLike = "") -> bool:
+    """Decide between classic TIFF and BigTIFF for a file of at most `bound` bytes.
+
+    Raises:
+        ImageError: Unknown mode, or mode "never" for a file that may exceed a classic TIFF's 4 GiB.
+    """
+    if mode not in BIGTIFF_MODES:
+        raise ImageError(f"--bigtiff must be one of {', '.join(BIGTIFF_MODES)}, got {mode!r}")
+    fits = bound < _CLASSIC_LIMIT
+    if mode == "never" and not fits:
+        raise ImageError(f"--bigtiff never: the file may reach {bound / 2**30:.1f} GiB (worst case for its "
+                         f"compression), more than a classic TIFF's 4 GiB; use --bigtiff auto, another "
+                         f"compression, --no-pyramid or a smaller size{f': {path}' if path else ''}")
+    return mode == "always" or (mode == "auto" and not fits)
+
+
+def stream_tiff(
+    path: str | os.PathLike,
+    sizes: Sequence[tuple[int, int]],
+    read: Callable[[int, int, int, int, int], np.ndarray],
+    *,
+    samples: int,
+    bit_depth: int,
+    tile: int,
+    compression: str,
+    dpi: float | None,
+    icc: bytes | None,
+    bigtiff: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Write integer tiles into a tiled TIFF, level 0 first and the others as its SubIFDs, atomically.
+
+    The common part of `write_bigtiff` and `sidpipe.io.panels`: options already checked.
+
+    Args:
+        sizes: (H, W) of every level, level 0 first.
+        read: read(k, y0, y1, x0, x1) returns level k's region as (h, w) or (h, w, samples)
+            uint8/uint16 (called from a few threads at once).
+        samples: 1 (gray), 3 (RGB) or 4 (CMYK).
+        bigtiff: Write a BigTIFF (else a classic TIFF).
+    """
+    path = Path(path)
     codec, codec_args = _CODECS[compression]
     dtype = np.dtype(np.uint8 if bit_depth == 8 else np.uint16)
     options = {
         "dtype": dtype,
         "tile": (tile, tile),
-        "photometric": "rgb" if channels == 3 else "minisblack",
+        "photometric": {1: "minisblack", 3: "rgb", 4: "separated"}[samples],
         "compression": codec,
         "compressionargs": dict(codec_args),  # tifffile adds keys to this dict: never share it
-        "predictor": compression in ("zlib", "zstd"),
-        "iccprofile": _srgb_icc() if icc and channels == 3 else None,
+        "predictor": compression in ("zlib", "zstd", "lzw"),
+        "iccprofile": icc,
+        "extratags": [(_INKSET, "H", 1, 1, True)] if samples == 4 else [],  # InkSet = 1: CMYK
         "metadata": None,  # no tifffile JSON description: a plain image
         "maxworkers": _WORKERS,
         # tifffile collects this many bytes of tiles, then encodes them in parallel: one tile row
-        "buffersize": tile * levels[0].shape[2] * channels * dtype.itemsize,
+        "buffersize": tile * sizes[0][1] * samples * dtype.itemsize,
     }
-    total = sum(-(-src.shape[1] // tile) * -(-src.shape[2] // tile) for src in levels)
+    total = sum(-(-h // tile) * -(-w // tile) for h, w in sizes)
     done = 0
 
-    def prepare(source: RegionSource, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        block = _quantise(source.read(y0, y1, x0, x1), bit_depth)
+    def prepare(k: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        block = read(k, y0, y1, x0, x1)
         if block.shape[:2] != (tile, tile):  # replicate the edge: no JPEG ringing at the border
             pad = [(0, tile - block.shape[0]), (0, tile - block.shape[1])]
             block = np.pad(block, pad + [(0, 0)] * (block.ndim - 2), mode="edge")
         return block
 
-    def tiles(source: RegionSource, pool: ThreadPoolExecutor) -> Iterator[np.ndarray]:
+    def tiles(k: int, pool: ThreadPoolExecutor) -> Iterator[np.ndarray]:
         nonlocal done
-        _, h, w = source.shape
+        h, w = sizes[k]
         for y0 in range(0, h, tile):  # one tile row in flight at a time
             row = [(y0, min(y0 + tile, h), x0, min(x0 + tile, w)) for x0 in range(0, w, tile)]
-            for block in pool.map(lambda cell: prepare(source, *cell), row):
+            for block in pool.map(lambda cell: prepare(k, *cell), row):
                 done += 1
                 if progress is not None:
                     progress(done, total)
@@ -239,13 +335,12 @@ def write_bigtiff(
 
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.part{path.suffix}")
     try:
-        with ThreadPoolExecutor(_WORKERS) as pool, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            for k, source in enumerate(levels):
-                _, h, w = source.shape
+        with ThreadPoolExecutor(_WORKERS) as pool, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tw:
+            for k, (h, w) in enumerate(sizes):
                 tw.write(
-                    tiles(source, pool),
-                    shape=(h, w, 3) if channels == 3 else (h, w),
-                    subifds=len(levels) - 1 if k == 0 else None,
+                    tiles(k, pool),
+                    shape=(h, w, samples) if samples > 1 else (h, w),
+                    subifds=len(sizes) - 1 if k == 0 else None,
                     subfiletype=1 if k else 0,  # 1: reduced-resolution image
                     resolution=None if dpi is None else (dpi / 2**k, dpi / 2**k),
                     resolutionunit=None if dpi is None else "INCH",
@@ -268,6 +363,7 @@ def write_ome_zarr(
     *,
     chunk: int = 512,
     bit_depth: int = 8,
+    icc: bytes | None = None,
 ) -> None:
     """Stream a pyramid into an OME-Zarr 0.5 image (zarr v3), chunk by chunk.
 
@@ -276,7 +372,8 @@ def write_ome_zarr(
     ``str(k)``, whose scale transformation is [1, 2^k, 2^k]. Each level is a
     uint8/uint16 array with dimension names (c, y, x), chunks (C, chunk, chunk)
     and zarr's default (zstd) compression; values are quantised as `save_image`
-    does. The store is written to a hidden ``.<name>.<random>.part`` folder next to
+    does. OME-Zarr has no field for a colour profile: `icc` (the working space) is
+    stored base64-encoded in the root attributes as ``{"sidpipe": {"icc_profile": ...}}``. The store is written to a hidden ``.<name>.<random>.part`` folder next to
     `path` and renamed to `path` at the end (an existing `path` is replaced); on
     any failure the partial folder is removed.
 
@@ -286,6 +383,7 @@ def write_ome_zarr(
             rounding up), all with the same channel count C = 1 or 3.
         chunk: Chunk side in pixels.
         bit_depth: 8 (uint8) or 16 (uint16).
+        icc: ICC profile of the pixels, or None.
 
     Raises:
         ImageError: Bad bit depth, non-finite pixel values, or the store cannot be written.
@@ -316,9 +414,10 @@ def write_ome_zarr(
     }
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
-        root = zarr.create_group(
-            tmp, zarr_format=3, attributes={"ome": {"version": "0.5", "multiscales": [multiscale]}}
-        )
+        attributes: dict = {"ome": {"version": "0.5", "multiscales": [multiscale]}}
+        if icc is not None:
+            attributes["sidpipe"] = {"icc_profile": base64.b64encode(icc).decode("ascii")}
+        root = zarr.create_group(tmp, zarr_format=3, attributes=attributes)
         for k, source in enumerate(levels):
             _, h, w = source.shape
             array = root.create_array(
@@ -368,12 +467,6 @@ def _check_pyramid(levels: Sequence[RegionSource]) -> int:
             raise ValueError(f"level {k} has shape {tuple(source.shape)}; expected {expected}")
         _, h, w = expected
     return channels
-
-
-@functools.cache
-def _srgb_icc() -> bytes:
-    """The bytes of LittleCMS's built-in sRGB ICC profile."""
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
 def _replace_tree(tmp: Path, path: Path) -> None:

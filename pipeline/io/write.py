@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import uuid
+import zlib
 from pathlib import Path
 
 import imagecodecs
@@ -17,7 +19,8 @@ from ..errors import ConfigError, ImageError
 SUPPORTED_OUTPUT_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
-def save_image(path: str | os.PathLike, image: np.ndarray, /, *, bit_depth: int = 8) -> None:
+def save_image(path: str | os.PathLike, image: np.ndarray, /, *, bit_depth: int = 8, icc: bytes | None = None,
+               dpi: float | None = None) -> None:
     """Write an image, choosing the format from the file extension.
 
     Values are clipped to [-1, 1] and quantised as round((x + 1) / 2 * maxval),
@@ -31,6 +34,8 @@ def save_image(path: str | os.PathLike, image: np.ndarray, /, *, bit_depth: int 
             or .jpg/.jpeg (8-bit, quality 95). Case-insensitive.
         image: Array of shape (C, H, W), C = 1 (gray) or 3 (RGB), values in [-1, 1].
         bit_depth: 8 or 16.
+        icc: ICC profile to embed (PNG iCCP, JPEG APP2, TIFF tag 34675), or None.
+        dpi: Resolution to record (PNG pHYs, JPEG JFIF density, TIFF resolution tags), or None.
 
     Raises:
         ImageError: Unsupported extension or bit depth for the format, bad image
@@ -47,7 +52,7 @@ def save_image(path: str | os.PathLike, image: np.ndarray, /, *, bit_depth: int 
         raise ImageError(f"bit depth must be 8 or 16, got {bit_depth}")
     if bit_depth == 16 and suffix in (".jpg", ".jpeg"):
         raise ImageError(f"JPEG output is 8-bit only (bit depth 16 requested): {path}")
-    data = _encode(_quantise(image, bit_depth), suffix)
+    data = encode(_quantise(image, bit_depth), suffix, icc=icc, dpi=dpi)
 
     write_bytes_atomic(path, data)
 
@@ -113,14 +118,33 @@ def _quantise(image: np.ndarray, bit_depth: int) -> np.ndarray:
     return q[0] if q.shape[0] == 1 else np.ascontiguousarray(q.transpose(1, 2, 0))
 
 
-def _encode(arr: np.ndarray, suffix: str) -> bytes:
-    """Encode an (H, W) or (H, W, 3) uint8/uint16 array in the format of `suffix`."""
+def encode(arr: np.ndarray, suffix: str, *, icc: bytes | None = None, dpi: float | None = None) -> bytes:
+    """Encode an (H, W) or (H, W, 3) uint8/uint16 array in the format of `suffix`, with a profile and DPI."""
     if suffix == ".png":
-        return imagecodecs.png_encode(arr)  # gray/RGB, 8/16-bit (PIL cannot write 16-bit RGB)
+        # gray/RGB, 8/16-bit (PIL cannot write 16-bit RGB); imagecodecs writes no iCCP/pHYs: added here
+        return _png_with_chunks(imagecodecs.png_encode(arr), icc, dpi)
     buf = io.BytesIO()
     if suffix in (".tif", ".tiff"):
         photometric = "minisblack" if arr.ndim == 2 else "rgb"
-        tifffile.imwrite(buf, arr, photometric=photometric, compression="zlib")
+        tifffile.imwrite(buf, arr, photometric=photometric, compression="zlib", iccprofile=icc,
+                         resolution=None if dpi is None else (dpi, dpi), resolutionunit=None if dpi is None else "INCH")
     else:
-        Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+        extra = {"icc_profile": icc} if icc else {}
+        Image.fromarray(arr).save(buf, format="JPEG", quality=95, dpi=(dpi, dpi) if dpi else (72, 72), **extra)
     return buf.getvalue()
+
+
+def _png_with_chunks(png: bytes, icc: bytes | None, dpi: float | None) -> bytes:
+    """Insert an iCCP (profile) and a pHYs (pixels per metre) chunk right after a PNG's IHDR."""
+    chunks = b""
+    if icc:
+        chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if dpi:
+        ppm = round(dpi / 0.0254)
+        chunks += _png_chunk(b"pHYs", struct.pack(">IIB", ppm, ppm, 1))
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
+    return png[:ihdr_end] + chunks + png[ihdr_end:]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
