@@ -53,6 +53,7 @@ from . import run_cmd  # noqa: E402,F401  (registers `run`)
 from . import eval_cmd  # noqa
 from . import bench_cmd  # noqa
 from . import info_cmd  # noqa
+from . import panels_cmd  # noqa
 
 
 def main() -> None:
