@@ -1,10 +1,12 @@
 """Huge-image I/O throughput and memory: stream a ~256-MP BigTIFF, then read a region of it (a benchmark, not a test).
 
   python benchmarks/bench_io.py [--side 16384] [--codecs zlib,zstd] [--tile 512] [--dir DIR] [--pyramid]
+                                [--output-profile FILE.icc [--intent relative] [--bpc]]
 
 For each codec, `write_bigtiff` streams a side x side RGB 8-bit image from a synthetic source; with
 --pyramid, `build_levels` first writes the reduced levels to a zarr group and the TIFF gets them as
-SubIFDs. Then `open_image` reads one 512 x 512 region of the zlib file. Every case runs in its own
+SubIFDs. With --output-profile every tile is converted from sRGB to that profile while it is written
+(a CMYK profile gives a CMYK TIFF), as `sidpipe run --output-profile` does. Then `open_image` reads one 512 x 512 region of the zlib file. Every case runs in its own
 process, so peak RSS (resource.getrusage) is that case's alone. MB/s counts the raw 8-bit bytes of
 level 0 (side² x 3) per wall-clock second.
 
@@ -28,6 +30,7 @@ import numpy as np
 import zarr
 
 from sidpipe.io.bigtiff import build_levels, write_bigtiff
+from sidpipe.io.color import Conversion, output_profile, srgb
 from sidpipe.io.lazy import open_image
 from sidpipe.io.read import load_image
 
@@ -55,7 +58,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def case_write(side: int, codec: str, tile: int, folder: Path, pyramid: bool) -> dict:
+def case_write(side: int, codec: str, tile: int, folder: Path, pyramid: bool, convert: list[str]) -> dict:
+    conversion = None
+    if convert:
+        path, intent, bpc = convert
+        conversion = Conversion(srgb(), output_profile(path), Path(path), intent, bpc == "1")
     source = TiledPhotoSource(side)
     t0 = time.perf_counter()
     levels = [source]
@@ -63,10 +70,11 @@ def case_write(side: int, codec: str, tile: int, folder: Path, pyramid: bool) ->
         levels += build_levels(source, zarr.open_group(folder / f"levels-{codec}.zarr", mode="w"))
     t_levels = time.perf_counter() - t0
     out = folder / f"bench-{codec}.tif"
-    write_bigtiff(out, levels, tile=tile, compression=codec, dpi=300)
+    write_bigtiff(out, levels, tile=tile, compression=codec, dpi=300, icc=srgb().data, conversion=conversion)
     wall = time.perf_counter() - t0
     raw = side * side * 3
-    return {"case": f"write {codec}" + (" +pyramid" if pyramid else ""), "wall_s": wall,
+    label = f"write {codec}" + (" +pyramid" if pyramid else "") + (f" ->{conversion.target.space}" if conversion else "")
+    return {"case": label, "wall_s": wall,
             "levels_s": t_levels, "MB_per_s": raw / wall / 1e6, "file_MB": out.stat().st_size / 1e6,
             "ratio": raw / out.stat().st_size, "subifds": len(levels) - 1, "peak_rss_MB": peak_rss_mb()}
 
@@ -94,14 +102,17 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: a temp folder)")
     parser.add_argument("--pyramid", action="store_true", help="also build levels and write them as SubIFDs")
+    parser.add_argument("--output-profile", type=Path, help="convert every tile to this ICC profile (e.g. CMYK)")
+    parser.add_argument("--intent", default="relative")
+    parser.add_argument("--bpc", action="store_true", help="black point compensation")
     parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)  # internal: one case in this process
     args = parser.parse_args()
 
     if args.case:
         kind, *rest = args.case
         if kind == "write":
-            codec, side, tile, folder, pyramid = rest
-            result = case_write(int(side), codec, int(tile), Path(folder), pyramid == "1")
+            codec, side, tile, folder, pyramid, *convert = rest
+            result = case_write(int(side), codec, int(tile), Path(folder), pyramid == "1", convert)
         else:
             result = case_read(Path(rest[0]))
         print(json.dumps(result))
@@ -111,9 +122,10 @@ def main() -> None:
         folder = Path(tmp)
         print(f"{args.side}x{args.side} RGB 8-bit ({args.side**2 / 1e6:.0f} MP, {3 * args.side**2 / 1e6:.0f} MB raw), "
               f"tile {args.tile}, one process per case")
-        cases = [["write", c, str(args.side), str(args.tile), tmp, "0"] for c in args.codecs.split(",")]
+        convert = [str(args.output_profile), args.intent, "1" if args.bpc else "0"] if args.output_profile else []
+        cases = [["write", c, str(args.side), str(args.tile), tmp, "0", *convert] for c in args.codecs.split(",")]
         if args.pyramid:
-            cases += [["write", c, str(args.side), str(args.tile), tmp, "1"] for c in args.codecs.split(",")]
+            cases += [["write", c, str(args.side), str(args.tile), tmp, "1", *convert] for c in args.codecs.split(",")]
         for case in cases:
             r = run_case(case)
             print(f"{r['case']:<22} {r['wall_s']:7.1f} s  {r['MB_per_s']:6.1f} MB/s  file {r['file_MB']:7.1f} MB "

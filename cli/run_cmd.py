@@ -81,3 +81,14 @@ def run(
     except SidpipeError as exc:
         reporter.close()
         fail(str(exc))
+    except Exception:
+        # SIGTERM raises Interrupted wherever the main thread is: inside a library that wraps or
+        # replaces the exception (an import, a finaliser, a C extension's callback) it arrives as
+        # something else. The handler's flag says what really happened.
+        from sidpipe.errors import Interrupted
+        from sidpipe.tiles import STOP
+
+        if not STOP.is_set():
+            raise
+        reporter.close()
+        fail(str(Interrupted()))

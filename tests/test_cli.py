@@ -115,3 +115,26 @@ def test_presets_and_info():
     assert info["memory"]["total"] > 0 and info["disk"][0]["free"] > 0
     res = runner.invoke(app, ["info"])
     assert res.exit_code == 0 and "precision:     auto ->" in res.output
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_sigterm_wrapped_by_a_library_still_ends_cleanly(tmp_path, monkeypatch, stopped):
+    """SIGTERM raises in the main thread wherever it is; a library may turn that into another exception.
+    With the handler's flag set the CLI still says SIGTERM in one line; without it the bug surfaces."""
+    import sidpipe.runner
+    from sidpipe.tiles import STOP
+
+    def wrapped(*args, **kwargs):
+        if stopped:
+            STOP.set()
+        raise RuntimeError("a library's own error")
+
+    monkeypatch.setattr(sidpipe.runner, "run", wrapped)
+    try:
+        res = runner.invoke(app, ["run", str(BALLOONS), "--out", str(tmp_path / "o.png")])
+    finally:
+        STOP.clear()
+    if stopped:
+        assert res.exit_code == 1 and "stopped by SIGTERM" in res.output and res.exception.__class__ is SystemExit
+    else:
+        assert isinstance(res.exception, RuntimeError)  # a real bug is not disguised as an interruption
