@@ -17,6 +17,7 @@ Two implementations share one interface, `denoiser(x, alpha, sigma) -> x_hat` on
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -214,6 +215,8 @@ class PatchDenoiser(ImageDenoiser):
             bias, softmax and normalisation stay float32).
         impl: "fast" or "naive".
         naive_dtype: dtype of the naive path (float64 for tests).
+        keep: optional bool (H - p + 1, W - p + 1): only the reference patches whose top-left corner is
+            True form the dataset (an application's excluded patches, `hooks.Hooks.exclude`).
     """
 
     def __init__(
@@ -228,6 +231,7 @@ class PatchDenoiser(ImageDenoiser):
         query_block: int = 16,
         query_stride: int = 1,
         naive_dtype: torch.dtype = torch.float64,
+        keep: torch.Tensor | None = None,
     ) -> None:
         if impl not in ("fast", "naive"):
             raise ValueError(f"impl must be fast or naive, got {impl!r}")
@@ -240,6 +244,10 @@ class PatchDenoiser(ImageDenoiser):
         self.naive_dtype = naive_dtype
         device = reference.device
         y = unfold(reference.float(), patch_size)  # (N, d)
+        if keep is not None:
+            y = y[keep.reshape(-1).to(y.device)]
+            if y.shape[0] == 0:
+                raise ValueError("every reference patch of this scale is excluded")
         self.num_patches = y.shape[0]
         if impl == "naive":
             self.fold_dtype = naive_dtype
@@ -351,7 +359,17 @@ class KNNDenoiser(ImageDenoiser):
         lo = patch_size // 2 - self.radius
         self.reader = PatchReader(reference, self.grid, window=(lo, 2 * self.radius + 1))
         self.num_patches = index.ntotal
-        self.mean = self.reader.mean_patch()  # the estimate at alpha = 0
+        keep = getattr(index, "keep", None)
+        if keep is None:
+            self.mean = self.reader.mean_patch()  # the estimate at alpha = 0
+        else:  # an index restricted to some patches: the mean of those
+            ids = torch.from_numpy(np.flatnonzero(keep)).to(reference.device)
+            if ids.numel() == 0:
+                raise ValueError("every reference patch of this scale is excluded")
+            total = torch.zeros(self.grid.dim, dtype=torch.float64, device=reference.device)
+            for i in range(0, ids.numel(), 65536):
+                total += self.reader.read(ids[i:i + 65536]).double().sum(0)
+            self.mean = (total / ids.numel()).float()
 
     def _estimate(self, queries: torch.Tensor, full: bool, alpha: float, sigma: float) -> torch.Tensor:
         q = queries.float()

@@ -15,6 +15,7 @@ from .index import IVFIndex, IVFParams, PatchGrid
 from .index.ivf import set_threads
 from .patches import window_radius
 from .pyramid import auto_num_scales, reference_pyramid, scale_sizes
+from .sample.hooks import Hooks, keep_mask, start_step
 from .sample.schedule import alpha_sigma
 
 # `--index auto` switches a scale to IVF at this many reference patches. CPU: the measured crossover of
@@ -170,21 +171,38 @@ def build_index(level: torch.Tensor, cfg: Config, device: torch.device | str = "
 
 
 def make_denoiser(level: torch.Tensor, kind: str, cfg: Config, plan: Plan,
-                  index: IVFIndex | None = None, scale: int = 0) -> ImageDenoiser:
-    """The closed-form denoiser of scale `scale`: exact, or k-NN over its IVF index (built if not given)."""
+                  index: IVFIndex | None = None, scale: int = 0, keep: torch.Tensor | None = None) -> ImageDenoiser:
+    """The closed-form denoiser of scale `scale`: exact, or k-NN over its IVF index (built if not given).
+
+    keep: optional bool (H - p + 1, W - p + 1) over the level's patch positions: only those patches are in
+    the dataset (`hooks.keep_mask`); the exact denoiser drops the others, the IVF index skips them."""
     common = dict(patch_size=cfg.patch_size, rho=cfg.rho, truncate=cfg.fold_truncate,
                   query_block=cfg.query_block, query_stride=plan.query_stride(scale))
+    if keep is not None and not bool(keep.any()):
+        raise ConfigError(f"every reference patch of scale {scale} is excluded (the mask covers the whole reference)")
     if kind == "exact":
-        return PatchDenoiser(level.to(plan.device), precision=plan.precision, **common)
-    index = (index or build_index(level, cfg, plan.device)).to_device(plan.device)
+        return PatchDenoiser(level.to(plan.device), precision=plan.precision, keep=keep, **common)
+    index = index or build_index(level, cfg, plan.device)
+    if keep is not None:
+        st = cfg.dataset_stride
+        index = index.restrict(keep[::st, ::st].cpu().numpy())
+    index = index.to_device(plan.device)
     last_sigma = alpha_sigma(1, cfg.steps)[1]
     final_rerank = cfg.rerank_last or (REFINED_RERANK_LAST if getattr(index, "refined", False) else cfg.rerank)
     return KNNDenoiser(level.to(plan.device), index, k=cfg.knn, final_nprobe=cfg.nprobe_last,
                        final_sigma=last_sigma * (1 + 1e-9), rerank=cfg.rerank, final_rerank=final_rerank, **common)
 
 
-def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config) -> list[ImageDenoiser]:
-    """One closed-form denoiser per scale (index 0 = finest)."""
+def build_denoisers(reference: torch.Tensor, plan: Plan, cfg: Config, hooks: Hooks | None = None) -> list[ImageDenoiser]:
+    """One closed-form denoiser per scale (index 0 = finest); hooks may exclude reference patches. A scale
+    an application fixes (`Hooks.start` 0) is never denoised and gets None."""
     set_threads(torch.get_num_threads())
     pyramid = reference_pyramid(reference, plan.ref_sizes)
-    return [make_denoiser(level, kind, cfg, plan, scale=s) for s, (level, kind) in enumerate(zip(pyramid, plan.indexes))]
+    out = []
+    for s, (level, kind) in enumerate(zip(pyramid, plan.indexes)):
+        if start_step(hooks, s, cfg.steps) == 0:
+            out.append(None)
+            continue
+        keep = keep_mask(hooks, s, tuple(level.shape[-2:]), cfg.patch_size)
+        out.append(make_denoiser(level, kind, cfg, plan, scale=s, keep=keep))
+    return out

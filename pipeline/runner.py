@@ -29,6 +29,7 @@ from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths
 from .plan import Plan, build_denoisers, build_index, make_plan
 from .refstream import ArrayRegions, write_reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
+from .sample.hooks import Hooks, start_step
 from .store import RunDir, fingerprint
 from .tiles import STOP, Executor, release, sample_tiled
 
@@ -42,14 +43,16 @@ def generate(
     *,
     progress: Progress | None = None,
     plan: Plan | None = None,
+    hooks: Hooks | None = None,
 ) -> list[np.ndarray]:
     """Generate cfg.samples images (C, H, W) float32 in [-1, 1] from a reference (C, H, W) in [-1, 1].
 
-    Sample k uses seed cfg.seed + k, so sample k is the same whatever cfg.samples is.
+    Sample k uses seed cfg.seed + k, so sample k is the same whatever cfg.samples is. hooks: an
+    application's (`sample.hooks.Hooks`); None = unconditional sampling.
     """
     ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))
     plan = plan or make_plan(cfg, tuple(ref.shape[-2:]), ref.shape[0])
-    denoisers = build_denoisers(ref, plan, cfg)
+    denoisers = build_denoisers(ref, plan, cfg, hooks)
     results = []
     for k in range(cfg.samples):
         def callback(info: dict, k: int = k) -> None:
@@ -58,7 +61,7 @@ def generate(
 
         x = sample_coarse_to_fine(
             denoisers, plan.out_sizes, channels=ref.shape[0], steps=cfg.steps, eta=cfg.eta,
-            seed=cfg.seed + k, blend_last_step=cfg.blend_last_step, callback=callback,
+            seed=cfg.seed + k, blend_last_step=cfg.blend_last_step, callback=callback, hooks=hooks,
         )
         results.append(x.clamp(-1.0, 1.0).cpu().numpy())
     return results
@@ -137,14 +140,18 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None = None,
-        options: RunOptions | None = None) -> list[Path]:
-    """Read the reference, generate cfg.samples images and write them; returns the written paths."""
+        options: RunOptions | None = None, make_hooks: Callable[[Plan], Hooks] | None = None) -> list[Path]:
+    """Read the reference, generate cfg.samples images and write them; returns the written paths.
+
+    make_hooks: an application's hooks for the run's plan (`sidpipe.apps`); it checks its own inputs and
+    raises a SidpipeError before anything is written."""
     options = options or RunOptions()
     check_output(out)
     started = time.perf_counter()
     with open_image(input_path) as image:  # header only: the shape (and a clear error for a bad file)
         channels, height, width = image.shape
     plan = make_plan(cfg, (height, width), channels)
+    hooks = None if make_hooks is None else make_hooks(plan)
     oh, ow = plan.out_sizes[0]
     tiled = options.out_of_core
     if tiled is None:
@@ -164,12 +171,12 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         try:
             for k, path in enumerate(paths):
                 run_out_of_core(input_path, None, path, cfg.replace(seed=cfg.seed + k, samples=1), plan,
-                                options, progress=progress, spec=spec)
+                                options, progress=progress, spec=spec, hooks=hooks)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     else:
-        images = generate(load_image(input_path), cfg, progress=progress, plan=plan)
+        images = generate(load_image(input_path), cfg, progress=progress, plan=plan, hooks=hooks)
         for path, image in zip(paths, images):
             write_result(ArrayRegions(image), path, spec, zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
     if progress is not None:
@@ -178,15 +185,19 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
 
 
 def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, cfg: Config, plan: Plan,
-                    options: RunOptions, *, progress: Progress | None = None, spec: OutputSpec | None = None) -> Path:
+                    options: RunOptions, *, progress: Progress | None = None, spec: OutputSpec | None = None,
+                    hooks: Hooks | None = None) -> Path:
     """One sample through the run directory: reference pyramid and indexes on disk, tiled sampling over
     zarr, streamed output. Resumes whatever a previous, interrupted run of the same job had finished.
 
     reference: the image already in memory (C, H, W), or None to read input_path region by region
     (`open_image`) while the reference pyramid is written, never holding it whole. spec: the checked
-    output spec (default: `RunOptions.output_spec` of this output)."""
+    output spec (default: `RunOptions.output_spec` of this output). hooks: an application's (its
+    `identity` joins the run directory's)."""
     run_dir = options.workdir or out.with_name(out.name + ".sidpipe")
     identity = {"config": cfg.to_dict(), "input": fingerprint(input_path), "output_size": list(plan.out_sizes[0])}
+    if hooks is not None:
+        identity["app"] = hooks.identity
     with open_image(input_path) if reference is None else nullcontext(reference) as source:
         channels = source.shape[0]
         extra = {
@@ -201,7 +212,7 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
             run.mark("reference")
     tile = run.manifest()["layout"]["tile"]  # a resumed run keeps the tiling its arrays were made with
     for s, kind in enumerate(plan.indexes):
-        if kind == "ivf" and not run.done(f"index-s{s}"):
+        if kind == "ivf" and not run.done(f"index-s{s}") and start_step(hooks, s, cfg.steps) > 0:
             if progress is not None:
                 progress({"event": "index", "scale": s, "patches": plan.patches[s]})
             level = torch.from_numpy(run.reference()[str(s)][...])
@@ -214,7 +225,7 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
     executor = Executor(scheduler, options.workers or cores, options.address)
     try:
         sample_tiled(run, cfg, plan, channels=channels, tile=tile, executor=executor, seed=cfg.seed,
-                     progress=progress)
+                     progress=progress, hooks=hooks)
     finally:
         executor.close()
         # In-process workers set torch/faiss threads per task: give the process its own count back, so

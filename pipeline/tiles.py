@@ -37,6 +37,7 @@ from .index.ivf import set_threads
 from .noise import noise_region
 from .plan import BUILD_OVERHEAD, Plan, make_denoiser, resolve_query_strides
 from .pyramid import resize_region, resize_support
+from .sample.hooks import Hooks, keep_mask, start_step
 from .sample.schedule import alpha_sigma, reverse_step
 from .store import RunDir, state_array
 
@@ -104,6 +105,12 @@ class ScaleSpec:
     eta: float
     seed: int
     blend_last_step: bool
+    hooks: Hooks | None = None  # an application's (`sample.hooks`), called on global rectangles
+
+    @property
+    def start(self) -> int:
+        """The step this scale starts at (T, or an application's; 0 = a fixed scale)."""
+        return start_step(self.hooks, self.scale, self.steps)
 
 
 class Worker:
@@ -122,7 +129,7 @@ class Worker:
         self._lock = threading.Lock()
         self.state = self.run.state()
 
-    def denoiser(self, scale: int) -> ImageDenoiser:
+    def denoiser(self, scale: int, hooks: Hooks | None = None) -> ImageDenoiser:
         with self._lock:
             if scale not in self._denoisers:
                 # Scales run coarse to fine and a finished scale is never denoised again: keep one scale's
@@ -136,14 +143,21 @@ class Worker:
                     # 1.45x slower (measured, balloons 40k patches, nprobe 1 and 8). Each worker process
                     # holds its own copy; threads of one process share it.
                     index = IVFIndex.load(self.run.index_path(scale), mmap=False)
+                keep = keep_mask(hooks, scale, tuple(level.shape[-2:]), self.cfg.patch_size)
                 self._denoisers[scale] = make_denoiser(level, self.plan.indexes[scale], self.cfg, self.plan, index,
-                                                       scale=scale)
+                                                       scale=scale, keep=keep)
             return self._denoisers[scale]
 
     def read(self, spec: ScaleSpec, name: str, t: int | None, rect: Box) -> torch.Tensor:
-        """A rectangle of a state array; x_T is not stored but drawn from the keyed noise."""
+        """A rectangle of a state array; the starting state x_T is not stored but drawn from the keyed noise
+        (or an application's `init` hook at its starting step)."""
         y0, y1, x0, x1 = rect
-        if name == "x" and t == spec.steps:
+        t0 = spec.start
+        if name == "x" and t == t0 and t0 > 0:
+            if spec.hooks is not None and spec.hooks.init is not None:
+                x = spec.hooks.init(spec.scale, t0, rect, spec.seed)
+                if x is not None:
+                    return x
             return noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale, step=spec.steps)
         array = self.state[f"s{spec.scale}/{x_name(t) if name == 'x' else name}"]
         return torch.from_numpy(np.ascontiguousarray(array[:, y0:y1, x0:x1]))
@@ -181,7 +195,7 @@ def release(run_dir: str) -> None:
 def denoise_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
     """Pass A of step t on one tile: x_hat = IMGDENOISE(x_t)."""
     w = worker(run_dir, threads)
-    d = w.denoiser(spec.scale)
+    d = w.denoiser(spec.scale, spec.hooks)
     alpha, sigma = alpha_sigma(t, spec.steps)
     rect = d.support(spec.size, box)
     x = w.read(spec, "x", t, rect).to(w.plan.device)
@@ -196,26 +210,51 @@ def step_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> 
     """Pass B of step t on one tile: blend x_hat with the coarser result, then x_{t-1} (Eqs. 4-5)."""
     w = worker(run_dir, threads)
     y0, y1, x0, x1 = box
+    hooks = spec.hooks
     x_t = w.read(spec, "x", t, box)
-    x_hat = w.read(spec, "xhat", None, box)
+
+    def read_xhat(rect: Box) -> torch.Tensor:
+        """x_hat on a rectangle, after the application's transform (as the in-memory sampler has it)."""
+        if hooks is not None and hooks.transform is not None:
+            return hooks.transform(spec.scale, t, rect, lambda r: w.read(spec, "xhat", None, r))
+        return w.read(spec, "xhat", None, rect)
+
+    x_hat = read_xhat(box)
     x_tilde = x_hat
     if spec.coarse_size is not None and (t > 1 or spec.blend_last_step):
         fine, coarse = spec.size, spec.coarse_size
         # BLUR(x_hat) on the box: UP reads a coarse rectangle, whose DOWN reads a halo of x_hat.
         crect = resize_support(coarse, fine, box)
         frect = resize_support(fine, coarse, crect)
-        down = resize_region(w.read(spec, "xhat", None, frect), (frect[0], frect[2]), fine, coarse, crect)
+        down = resize_region(read_xhat(frect), (frect[0], frect[2]), fine, coarse, crect)
         blurred = resize_region(down, (crect[0], crect[2]), coarse, fine, box)
         prev = ScaleSpec(spec.scale + 1, coarse, None, spec.channels, spec.steps, spec.eta, spec.seed,
-                         spec.blend_last_step)
-        up = resize_region(w.read(prev, "x", 0, crect), (crect[0], crect[2]), coarse, fine, box)
+                         spec.blend_last_step, hooks)
+        guide = None if hooks is None or hooks.guide is None else hooks.guide(spec.scale, crect)
+        guide = w.read(prev, "x", 0, crect) if guide is None else guide
+        up = resize_region(guide, (crect[0], crect[2]), coarse, fine, box)
         x_tilde = x_hat - blurred + up
     need_noise = spec.eta > 0.0 and t > 1
     noise = noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale, step=t - 1) \
         if need_noise else None
     x_prev = reverse_step(x_t, x_hat, x_tilde, t, spec.steps, eta=spec.eta, noise=noise)
+    if hooks is not None and hooks.replace is not None:
+        x_prev = hooks.replace(spec.scale, t - 1, box, x_prev, spec.seed)
+    if hooks is not None and hooks.paste is not None and spec.scale == 0 and t == 1:
+        x_prev = hooks.paste(box, x_prev)
     w.write(spec, x_name(t - 1), box, x_prev)
     w.run.mark_tile(f"s{spec.scale}-t{t}-B", box_key(box))
+
+
+def init_tile(run_dir: str, threads: int, spec: ScaleSpec, box: Box) -> None:
+    """A fixed scale (an application's `start` 0): x_{s,0} on one tile is its `init` hook (and at the
+    finest scale, after its `paste`)."""
+    w = worker(run_dir, threads)
+    x = spec.hooks.init(spec.scale, 0, box, spec.seed)
+    if spec.scale == 0 and spec.hooks.paste is not None:
+        x = spec.hooks.paste(box, x)
+    w.write(spec, "x0", box, x)
+    w.run.mark_tile(f"s{spec.scale}-init", box_key(box))
 
 
 class Executor:
@@ -296,15 +335,17 @@ class Executor:
 
 
 def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: int, executor: Executor,
-                 seed: int, progress: Progress | None = None) -> None:
+                 seed: int, progress: Progress | None = None, hooks: Hooks | None = None) -> None:
     """Alg. 2 over the run directory's state: every scale from the coarsest, every step, both passes.
+    hooks: an application's (`sample.hooks`); a scale it fixes is one pass of `init_tile`.
 
     Stages already marked done are skipped, and so are the finished tiles of an interrupted pass.
     The result x_{0,0} is left in state.zarr at s0/x0.
     """
     group = run.state()
     run_dir = str(run.path)
-    total = sum(2 * cfg.steps * len(tile_boxes(*size, tile)) for size in plan.out_sizes)
+    starts = [start_step(hooks, s, cfg.steps) for s in range(plan.num_scales)]
+    total = sum(max(1, 2 * t0) * len(tile_boxes(*size, tile)) for t0, size in zip(starts, plan.out_sizes))
     counter = {"done": 0, "start": time.perf_counter(), "skipped": 0}
 
     def check_stop() -> None:
@@ -322,16 +363,25 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
     for s in range(plan.num_scales - 1, -1, -1):
         size = plan.out_sizes[s]
         boxes = tile_boxes(*size, tile)
+        t0 = starts[s]
         if run.done(f"s{s}"):
-            counter["done"] += 2 * cfg.steps * len(boxes)
-            counter["skipped"] += 2 * cfg.steps * len(boxes)
+            counter["done"] += max(1, 2 * t0) * len(boxes)
+            counter["skipped"] += max(1, 2 * t0) * len(boxes)
             continue
         chunks = (channels, tile, tile)
         for name in ("x0", "x1", "xhat"):
             state_array(group, f"s{s}/{name}", (channels, *size), chunks)
         spec = ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
-                         cfg.steps, cfg.eta, seed, cfg.blend_last_step)
-        for t in range(cfg.steps, 0, -1):
+                         cfg.steps, cfg.eta, seed, cfg.blend_last_step, hooks)
+        if t0 == 0:
+            finished = run.tiles_done(f"s{s}-init")
+            todo = [b for b in boxes if box_key(b) not in finished]
+            counter["done"] += len(boxes) - len(todo)
+            counter["skipped"] += len(boxes) - len(todo)
+            check_stop()
+            executor.run(init_tile, [(run_dir, executor.task_threads(len(todo)), spec, b) for b in todo],
+                         lambda s=s: report(s, 0, "I"))
+        for t in range(t0, 0, -1):
             for kind, fn in (("A", denoise_tile), ("B", step_tile)):
                 name = f"s{s}-t{t}-{kind}"
                 if run.done(name):

@@ -11,6 +11,8 @@ image, so PCA/PQ only decide *which* patches are candidates.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import math
 import os
@@ -101,6 +103,24 @@ class IVFIndex:
         self.approximate = not self.exact_distances  # candidates chosen by approximate distances: re-rank more
         self._set_nprobe(params.nprobe)
         self._unpack()
+        self.keep: np.ndarray | None = None  # see `restrict`
+        self._selector = None
+
+    def restrict(self, keep: np.ndarray) -> IVFIndex:
+        """This index searching only the patches with keep[id] True (an application's excluded reference
+        patches, `hooks.Hooks.exclude`): faiss skips the others while it scans its lists (an id selector
+        in the search parameters), so no rebuild is needed and the saved index stays the whole one."""
+        keep = np.ascontiguousarray(keep, dtype=bool).reshape(-1)
+        if keep.shape[0] != self.ntotal:
+            raise ValueError(f"keep has {keep.shape[0]} entries for an index of {self.ntotal} patches")
+        if self.on_gpu:
+            raise ValueError("excluding reference patches is not supported on a GPU index")
+        faiss = _faiss()
+        out = copy.copy(self)
+        out.keep = keep
+        out._bitmap = np.packbits(keep, bitorder="little")
+        out._selector = faiss.IDSelectorBitmap(keep.shape[0], faiss.swig_ptr(out._bitmap))
+        return out
 
     def _unpack(self) -> None:
         """Reach the parts of a PCA index (CPU): its transform, its IVF and a refined index's flat vectors.
@@ -183,6 +203,8 @@ class IVFIndex:
             k = min(k, 2048)  # faiss GPU limit for k and nprobe
         faiss = _faiss()
         params = faiss.SearchParametersIVF(nprobe=min(nprobe or self.params.nprobe, self.nlist))
+        if self._selector is not None:
+            params.sel = self._selector
         if self._pca is None:  # IVF-Flat / IVF-PQ without PCA (or on a GPU): faiss does it all
             if self.on_gpu and self.params.pca:  # pragma: no cover - needs a GPU
                 params = faiss.SearchParametersPreTransform(index_params=params)

@@ -8,6 +8,7 @@ import torch
 
 from ..noise import noise_like
 from ..pyramid import blur, resize
+from .hooks import Hooks, start_step
 from .schedule import alpha_sigma, reverse_step
 
 Denoiser = Callable[[torch.Tensor, float, float], torch.Tensor]
@@ -26,6 +27,7 @@ def sample_scale(
     blend_last_step: bool = False,
     start_step: int | None = None,
     callback: Callable[[dict], None] | None = None,
+    hooks: Hooks | None = None,
 ) -> torch.Tensor:
     """Run the reverse process at one scale from x = x_{start_step} down to x_0 (Alg. 1 / Alg. 2 inner loop).
 
@@ -36,14 +38,24 @@ def sample_scale(
             (TWOSCALEBLEND) after every denoiser call except the last unless blend_last_step.
         seed, scale: key of the fresh noise (used when eta > 0).
         callback: called after each step with {"scale", "t", "x", "x_hat"}.
+        hooks: an application's transform / guide / replace / paste hooks (see `hooks.Hooks`), called
+            with the whole image as their box.
     """
     t0 = steps if start_step is None else start_step
+    h, w = x.shape[-2:]
+    whole = (0, h, 0, w)
+    if coarse is not None and hooks is not None and hooks.guide is not None:
+        guide = hooks.guide(scale, (0, coarse.shape[-2], 0, coarse.shape[-1]))
+        coarse = coarse if guide is None else guide
     up = None if coarse is None else resize(coarse, tuple(x.shape[-2:]))
     coarse_size = None if coarse is None else tuple(coarse.shape[-2:])
     for t in range(t0, 0, -1):
         alpha, sigma = alpha_sigma(t, steps)
         # Denoise (Eq. 3, IMGDENOISE).
         x_hat = denoise(x, alpha, sigma)
+        if hooks is not None and hooks.transform is not None:
+            raw = x_hat
+            x_hat = hooks.transform(scale, t, whole, lambda r: raw[:, r[0]:r[1], r[2]:r[3]])
         # Two-scale blend: high frequencies of x_hat, low frequencies of the coarser result.
         x_tilde = x_hat
         if up is not None and (t > 1 or blend_last_step):
@@ -52,6 +64,10 @@ def sample_scale(
         need_noise = eta > 0.0 and t > 1
         noise = noise_like(tuple(x.shape), seed=seed, scale=scale, step=t - 1) if need_noise else None
         x = reverse_step(x, x_hat, x_tilde, t, steps, eta=eta, noise=noise)
+        if hooks is not None and hooks.replace is not None:
+            x = hooks.replace(scale, t - 1, whole, x, seed)
+        if hooks is not None and hooks.paste is not None and scale == 0 and t == 1:
+            x = hooks.paste(whole, x)
         if callback is not None:
             callback({"scale": scale, "t": t, "x": x, "x_hat": x_hat})
     return x
@@ -68,6 +84,7 @@ def sample_coarse_to_fine(
     seed: int,
     blend_last_step: bool = False,
     callback: Callable[[dict], None] | None = None,
+    hooks: Hooks | None = None,
 ) -> torch.Tensor:
     """Alg. 2: sample the coarsest scale from noise, then each finer scale guided by the one below.
 
@@ -76,6 +93,7 @@ def sample_coarse_to_fine(
         sizes: output size (h, w) per scale, index 0 = finest (the requested output size).
         channels: C of the output.
         seed: every scale starts from noise keyed by (seed, scale, T).
+        hooks: an application's hooks (`hooks.Hooks`); None = plain unconditional sampling.
 
     Returns:
         x_{0,0}: (C, H, W) float32 at sizes[0].
@@ -85,9 +103,17 @@ def sample_coarse_to_fine(
     coarse = None
     for s in range(len(sizes) - 1, -1, -1):
         h, w = sizes[s]
-        x = noise_like((channels, h, w), seed=seed, scale=s, step=steps)
+        t0 = start_step(hooks, s, steps)
+        x = None if hooks is None or hooks.init is None else hooks.init(s, t0, (0, h, 0, w), seed)
+        if x is None:
+            if t0 != steps:
+                raise ValueError(f"scale {s} starts at step {t0} but no init hook gives its state")
+            x = noise_like((channels, h, w), seed=seed, scale=s, step=steps)
+        if t0 == 0:  # a fixed scale: its state is the result
+            coarse = hooks.paste((0, h, 0, w), x) if s == 0 and hooks.paste is not None else x
+            continue
         coarse = sample_scale(
             denoisers[s], x, steps=steps, eta=eta, seed=seed, scale=s, coarse=coarse,
-            blend_last_step=blend_last_step, callback=callback,
+            blend_last_step=blend_last_step, callback=callback, start_step=t0, hooks=hooks,
         )
     return coarse

@@ -1,0 +1,33 @@
+"""Inpainting (GPNN; RePaint / SinDiffusion Eq. 6): regenerate the white region of a mask from the image's
+own patches. The dataset at every scale is the image's patches that do not touch the hole (at that
+scale); after every step the known region is put back at the step's noise level; the output equals
+the input outside the hole, bit for bit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..io.read import load_image
+from ..plan import Plan
+from ..sample.hooks import Hooks
+from .masks import KnownRegion, as_tensor, file_digest, read_mask
+
+
+def make(image_path: Path, mask_path: Path, steps: int, patch_size: int) -> Callable[[Plan], Hooks]:
+    """Hooks of `sidpipe inpaint IMAGE --mask M` for a plan whose reference is IMAGE."""
+
+    def build(plan: Plan) -> Hooks:
+        image = as_tensor(load_image(image_path))
+        hole = read_mask(mask_path, tuple(image.shape[-2:]))
+        if plan.out_sizes[0] != tuple(image.shape[-2:]):
+            raise ConfigError("inpaint keeps the image's size: do not give --size")
+        region = KnownRegion(image, hole, plan.out_sizes, steps, exclude_from=hole)
+        for s, size in enumerate(plan.ref_sizes):
+            if bool(region.exclude(s, size, patch_size).all()):
+                raise ConfigError(f"the mask leaves no whole {patch_size}x{patch_size} patch of the image at scale {s} "
+                                  f"({size[1]}x{size[0]}); use a smaller mask, fewer scales or a smaller patch size")
+        return region.hooks({"app": "inpaint", "mask": file_digest(mask_path)})
+
+    return build

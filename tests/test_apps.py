@@ -1,0 +1,160 @@
+"""Applications (inpaint, outpaint, retarget) through the sampler's hooks: each one's defining property,
+measured; tiled == in-memory bit for bit; hooks=None (or empty hooks) leaves the sampler unchanged; bad
+inputs are one line, exit 1, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+from typer.testing import CliRunner
+
+from sidpipe.apps import inpaint, outpaint, retarget
+from sidpipe.cli import app
+from sidpipe.config import load_config
+from sidpipe.io.read import load_image
+from sidpipe.metrics import nn_patch_distance
+from sidpipe.plan import make_plan
+from sidpipe.pyramid import resize
+from sidpipe.runner import RunOptions, generate, run_out_of_core
+from sidpipe.sample.hooks import Hooks
+
+from conftest import DATA
+
+APPS = DATA / "apps"
+IMAGE = APPS / "balloons_in_blue_crop.png"       # 96 x 96 crop of shared/data/apps/inpainting
+MASK = APPS / "balloons_in_blue_crop_mask.png"   # its flat cyan box, x 20-39, y 26-50
+# Small but complete: 3 scales, stochastic steps (keyed noise), IVF forced at the finest scale.
+SMALL = {"patch_size": 7, "steps": 3, "eta": 1.0, "num_scales": 3, "ivf_threshold": 5000, "seed": 3}
+runner = CliRunner()
+
+
+def config(**extra):
+    return load_config("default", {**SMALL, **extra})
+
+
+def sample(ref_path: Path, cfg, make_hooks=None) -> np.ndarray:
+    ref = load_image(ref_path)
+    plan = make_plan(cfg, ref.shape[-2:])
+    hooks = None if make_hooks is None else make_hooks(plan)
+    return generate(ref, cfg, plan=plan, hooks=hooks)[0]
+
+
+def tiled(ref_path: Path, cfg, make_hooks, tmp_path: Path, tile: int) -> np.ndarray:
+    ref = load_image(ref_path)
+    plan = make_plan(cfg, ref.shape[-2:])
+    out = tmp_path / f"out{tile}.tif"
+    run_out_of_core(ref_path, ref, out, cfg, plan, RunOptions(out_of_core=True, keep_workdir=True, tile_size=tile,
+                                                                workers=2), hooks=make_hooks(plan))
+    return np.clip(zarr.open_group(str(out) + ".sidpipe/state.zarr", mode="r")["s0/x0"][...], -1.0, 1.0)
+
+
+def hole() -> np.ndarray:
+    return np.asarray(Image.open(MASK).convert("L")) >= 128
+
+
+@pytest.fixture(scope="module")
+def inpainted() -> np.ndarray:
+    cfg = config()
+    return sample(IMAGE, cfg, inpaint.make(IMAGE, MASK, cfg.steps, cfg.patch_size))
+
+
+def test_no_hooks_and_empty_hooks_leave_the_sampler_unchanged():
+    cfg = config(width=70, height=53)
+    plain = sample(IMAGE, cfg)
+    np.testing.assert_array_equal(sample(IMAGE, cfg, lambda plan: Hooks()), plain)
+    # hooks that are set but change nothing: same bits
+    keep = Hooks(guide=lambda s, r: None, exclude=lambda s, size, p: None, init=lambda s, t0, box, seed: None,
+                 transform=lambda s, t, box, read: read(box), replace=lambda s, t, box, x, seed: x,
+                 paste=lambda box, x: x)
+    np.testing.assert_array_equal(sample(IMAGE, cfg, lambda plan: keep), plain)
+
+
+def test_inpaint_keeps_known_pixels_and_fills_the_hole_from_the_image(inpainted):
+    image = load_image(IMAGE)
+    m = hole()
+    assert np.array_equal(inpainted[:, ~m], image[:, ~m])            # known pixels bit-identical
+    assert np.abs(inpainted[:, m] - image[:, m]).mean() > 0.3         # the flat cyan box is gone
+    # hole patches (a window around the hole) are as close to the image's patches as an unconditional
+    # sample's same window is; the reference for both is the image without the cyan box's patches
+    ys, xs = np.nonzero(m)
+    win = (slice(ys.min() - 3, ys.max() + 4), slice(xs.min() - 3, xs.max() + 4))
+    valid = image[:, 52:, :]                                         # rows below the box: no cyan
+    uncond = sample(IMAGE, config())
+    d_hole = nn_patch_distance(inpainted[(slice(None), *win)], valid)
+    d_uncond = nn_patch_distance(uncond[(slice(None), *win)], valid)
+    assert d_hole <= 1.5 * d_uncond, (d_hole, d_uncond)
+
+
+def test_inpaint_tiled_equals_in_memory(inpainted, tmp_path):
+    cfg = config()
+    make_hooks = inpaint.make(IMAGE, MASK, cfg.steps, cfg.patch_size)
+    for tile in (64, 80):
+        np.testing.assert_array_equal(tiled(IMAGE, cfg, make_hooks, tmp_path, tile), inpainted)
+
+
+def test_outpaint_keeps_the_reference_at_its_offset_and_varies_outside(tmp_path):
+    ref = load_image(IMAGE)
+    cfg = config(width=128, height=112)
+    outs = [sample(IMAGE, cfg.replace(seed=s), outpaint.make(IMAGE, (20, 4), cfg.steps)) for s in (0, 1)]
+    for out in outs:
+        assert out.shape == (3, 112, 128)
+        assert np.array_equal(out[:, 4:100, 20:116], ref)
+        new = np.ones((112, 128), bool)
+        new[4:100, 20:116] = False
+        assert nn_patch_distance(out[:, :, :20], ref) < 0.2         # new region made of the reference's patches
+    assert np.abs(outs[0][:, :, :20] - outs[1][:, :, :20]).mean() > 0.05  # ... and it varies with the seed
+    np.testing.assert_array_equal(tiled(IMAGE, cfg.replace(seed=0), outpaint.make(IMAGE, (20, 4), cfg.steps),
+                                        tmp_path, 64), outs[0])
+
+
+def test_retarget_size_layout_and_patches():
+    ref = load_image(IMAGE)
+    cfg = retarget.prepare(config(width=144, height=64, num_scales=0, coarsest_ratio=1.0), ref.shape[-2:])
+    out = sample(IMAGE, cfg, retarget.make(IMAGE, cfg.steps))
+    assert out.shape == (3, 64, 144)
+    # the layout: low-pass of the output vs the reference resized to the target
+    naive = resize(torch.from_numpy(ref), (64, 144))
+    low = lambda x: resize(torch.as_tensor(x), (8, 18)).reshape(-1).numpy()  # noqa: E731
+    assert np.corrcoef(low(out), low(naive))[0, 1] >= 0.9
+    # the patches: nearer the reference's than a naive resize's (aspect 1 -> 2.25)
+    assert nn_patch_distance(out, ref) < nn_patch_distance(naive, ref)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["inpaint", "{img}", "--mask", "{small}"], "but the image is"),
+    (["inpaint", "{img}", "--mask", "{black}"], "is empty"),
+    (["inpaint", "{img}", "--mask", "{white}"], "covers the whole image"),
+    (["inpaint", "{img}", "--mask", "{nomask}"], "mask not found"),
+    (["outpaint", "{img}", "--size", "90x200"], "smaller than the reference"),
+    (["outpaint", "{img}", "--size", "96x96"], "nothing to generate"),
+    (["outpaint", "{img}", "--size", "200x200", "--offset", "150,0"], "off the"),
+    (["outpaint", "{img}", "--size", "200x200", "--offset", "1;2"], "--offset expects"),
+    (["retarget", "{img}", "--size", "100"], "--size expects"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
+    Image.new("L", (50, 50), 255).save(tmp_path / "small.png")
+    Image.new("L", (96, 96), 0).save(tmp_path / "black.png")
+    Image.new("L", (96, 96), 255).save(tmp_path / "white.png")
+    names = {"img": str(IMAGE), "small": str(tmp_path / "small.png"), "black": str(tmp_path / "black.png"),
+             "white": str(tmp_path / "white.png"), "nomask": str(tmp_path / "none.png")}
+    out = tmp_path / "out.png"
+    res = runner.invoke(app, [a.format(**names) for a in args] + ["--out", str(out), "--quiet"])
+    assert res.exit_code == 1, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "out.png.sidpipe").exists()
+
+
+def test_inpaint_command_writes_known_pixels_unchanged(tmp_path):
+    out = tmp_path / "out.png"
+    res = runner.invoke(app, ["inpaint", str(IMAGE), "--mask", str(MASK), "--out", str(out), "--quiet",
+                              "--patch-size", "7", "--steps", "2", "--set", "num_scales=2"])
+    assert res.exit_code == 0, res.output
+    got, src = np.asarray(Image.open(out).convert("RGB")), np.asarray(Image.open(IMAGE).convert("RGB"))
+    m = hole()
+    assert np.array_equal(got[~m], src[~m]) and not np.array_equal(got[m], src[m])
