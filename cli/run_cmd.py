@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -85,9 +86,13 @@ def run(
         # SIGTERM raises Interrupted wherever the main thread is: inside a library that wraps or
         # replaces the exception (an import, a finaliser, a C extension's callback) it arrives as
         # something else. The handler's flag says what really happened.
-        from sidpipe.errors import Interrupted
+        from sidpipe.errors import DiskFull, Interrupted, disk_full
         from sidpipe.tiles import STOP
 
+        full = disk_full(sys.exc_info()[1])
+        if full is not None:  # the in-memory path's output, or anything outside the run directory's guard
+            reporter.close()
+            fail(str(DiskFull(str(full.filename or out))))
         if not STOP.is_set():
             raise
         reporter.close()

@@ -18,7 +18,7 @@ import zarr
 from . import __version__
 from .config import Config
 from .devices import release_memory
-from .errors import ConfigError, Interrupted
+from .errors import ConfigError, DiskFull, Interrupted, disk_full
 from .io.bigtiff import BIGTIFF_MODES, COMPRESSIONS, ZarrSource
 from .io.color import INTENTS
 from .io.lazy import open_image
@@ -187,18 +187,36 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
     output spec (default: `RunOptions.output_spec` of this output)."""
     run_dir = options.workdir or out.with_name(out.name + ".sidpipe")
     identity = {"config": cfg.to_dict(), "input": fingerprint(input_path), "output_size": list(plan.out_sizes[0])}
-    with open_image(input_path) if reference is None else nullcontext(reference) as source:
-        channels = source.shape[0]
-        extra = {
-            "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
-                     "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
-            "layout": {"tile": options.tile_size, "channels": channels},
-            "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
-        }
-        run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
-        if not run.done("reference"):
-            write_reference_pyramid(source, plan.ref_sizes, run.reference(), chunk=1024, progress=progress)
-            run.mark("reference")
+    run = None
+    try:
+        with open_image(input_path) if reference is None else nullcontext(reference) as source:
+            channels = source.shape[0]
+            extra = {
+                "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
+                         "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
+                "layout": {"tile": options.tile_size, "channels": channels},
+                "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
+            }
+            # Locked until the end (or this process's death): one driver per run directory.
+            run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
+            if not run.done("reference"):
+                write_reference_pyramid(source, plan.ref_sizes, run.reference(), chunk=1024, progress=progress)
+                run.mark("reference")
+        _drive(run, input_path, out, cfg, plan, options, channels, progress, spec)
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is not None:
+            raise DiskFull(str(full.filename or (run.path if run is not None else run_dir))) from None
+        raise
+    finally:
+        if run is not None:
+            run.close()
+    return out
+
+
+def _drive(run: RunDir, input_path: Path, out: Path, cfg: Config, plan: Plan, options: RunOptions,
+           channels: int, progress: Progress | None, spec: OutputSpec | None) -> None:
+    """Indexes, tiled sampling and the output of `run_out_of_core`, once the run directory is open and locked."""
     tile = run.manifest()["layout"]["tile"]  # a resumed run keeps the tiling its arrays were made with
     for s, kind in enumerate(plan.indexes):
         if kind == "ivf" and not run.done(f"index-s{s}"):
@@ -227,7 +245,6 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
     write_output(run, out, spec, progress=progress)
     if not options.keep_workdir:
         shutil.rmtree(run.path, ignore_errors=True)
-    return out
 
 
 def write_output(run: RunDir, out: Path, spec: OutputSpec, *, progress: Progress | None = None) -> None:

@@ -305,47 +305,60 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
     group = run.state()
     run_dir = str(run.path)
     total = sum(2 * cfg.steps * len(tile_boxes(*size, tile)) for size in plan.out_sizes)
-    counter = {"done": 0, "start": time.perf_counter(), "skipped": 0}
+    # Work in output pixels (a fine scale's tile costs what a coarse scale's does per pixel): for the ETA.
+    work = sum(2 * cfg.steps * h * w for h, w in plan.out_sizes)
+    counter = {"done": 0, "start": time.perf_counter(), "skipped": 0, "work": 0.0, "work_skipped": 0.0,
+               "pass_done": 0}
 
     def check_stop() -> None:
         if STOP.is_set():
             raise Interrupted()
 
-    def report(scale: int, t: int, kind: str) -> None:
+    def skip(tiles: int, pixels: float) -> None:
+        counter["done"] += tiles
+        counter["skipped"] += tiles
+        counter["work"] += pixels
+        counter["work_skipped"] += pixels
+
+    def report(scale: int, t: int, kind: str, pass_total: int, per_tile: float) -> None:
         check_stop()
         counter["done"] += 1
+        counter["pass_done"] += 1
+        counter["work"] += per_tile
         if progress is not None:
             progress({"event": "tile", "scale": scale, "t": t, "pass": kind, "done": counter["done"],
                       "total": total, "resumed": counter["skipped"],
+                      "pass_done": counter["pass_done"], "pass_total": pass_total,
+                      "work_done": counter["work"], "work_total": work, "work_resumed": counter["work_skipped"],
                       "seconds": time.perf_counter() - counter["start"]})
 
     for s in range(plan.num_scales - 1, -1, -1):
         size = plan.out_sizes[s]
         boxes = tile_boxes(*size, tile)
+        pixels = size[0] * size[1]
         if run.done(f"s{s}"):
-            counter["done"] += 2 * cfg.steps * len(boxes)
-            counter["skipped"] += 2 * cfg.steps * len(boxes)
+            skip(2 * cfg.steps * len(boxes), 2 * cfg.steps * pixels)
             continue
         chunks = (channels, tile, tile)
         for name in ("x0", "x1", "xhat"):
             state_array(group, f"s{s}/{name}", (channels, *size), chunks)
         spec = ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
                          cfg.steps, cfg.eta, seed, cfg.blend_last_step)
+        per_tile = pixels / len(boxes)
         for t in range(cfg.steps, 0, -1):
             for kind, fn in (("A", denoise_tile), ("B", step_tile)):
                 name = f"s{s}-t{t}-{kind}"
                 if run.done(name):
-                    counter["done"] += len(boxes)
-                    counter["skipped"] += len(boxes)
+                    skip(len(boxes), pixels)
                     continue
                 finished = run.tiles_done(name)
                 todo = [b for b in boxes if box_key(b) not in finished]
-                counter["done"] += len(boxes) - len(todo)
-                counter["skipped"] += len(boxes) - len(todo)
+                skip(len(boxes) - len(todo), per_tile * (len(boxes) - len(todo)))
+                counter["pass_done"] = len(boxes) - len(todo)
                 check_stop()
                 threads = executor.task_threads(len(todo))
                 executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
-                             lambda s=s, t=t, kind=kind: report(s, t, kind))
+                             lambda s=s, t=t, kind=kind, n=len(boxes), w=per_tile: report(s, t, kind, n, w))
                 run.mark(name)
         for name in ("x1", "xhat"):  # x0 = x_{s,0} is kept: the next scale's coarse input (and, at s = 0, the output)
             if name in group[f"s{s}"]:
