@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from sidpipe.config import load_config, parse_set
+from sidpipe.cluster import load_settings, split_overrides
+from sidpipe.config import load_config, parse_set, preset_cluster
 from sidpipe.errors import SidpipeError
 from sidpipe.io.units import parse_size as parse_print_size
 
@@ -37,6 +38,9 @@ def run(
     workers: Annotated[int, typer.Option(help="Tiles computed at once (0 = one per core).")] = 0,
     scheduler: Annotated[str, typer.Option(help="threads | processes | distributed (a LocalCluster)")] = "threads",
     address: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, e.g. tcp://host:8786.")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="slurm: compute the tiles in Slurm worker jobs (settings: "
+                                                   "configs/cluster/slurm.yaml, site/user files, --set cluster.KEY=V).")] = None,
+    jobs: Annotated[int, typer.Option(help="With --cluster: at most this many worker jobs.")] = 4,
     workdir: Annotated[Optional[Path], typer.Option(help="Run directory (default: OUT.sidpipe beside the output); "
                                                     "giving one forces the out-of-core pipeline.")] = None,
     keep_workdir: Annotated[bool, typer.Option("--keep-workdir", help="Keep the run directory after success.")] = False,
@@ -63,7 +67,14 @@ def run(
 
     reporter = Reporter(quiet=quiet)
     try:
-        overrides = parse_set(set_ or [])
+        overrides, cluster_overrides = split_overrides(parse_set(set_ or []))
+        settings = None
+        if cluster is not None:
+            if cluster != "slurm":
+                raise SidpipeError(f"--cluster supports slurm, got {cluster!r}")
+            settings = load_settings(preset_cluster(preset), cluster_overrides)
+        elif cluster_overrides:
+            raise SidpipeError("--set cluster.* needs --cluster slurm")
         flags = {"seed": seed, "samples": samples, "steps": steps, "eta": eta, "patch_size": patch_size,
                  "device": device, "index": index}
         overrides.update({k: v for k, v in flags.items() if v is not None})
@@ -74,6 +85,7 @@ def run(
         if not input.is_file():
             raise SidpipeError(f"input not found: {input}")
         options = RunOptions(tile_size=tile_size, workers=workers, scheduler=scheduler, address=address,
+                             cluster=settings, jobs=jobs,
                              workdir=workdir, keep_workdir=keep_workdir, overwrite=overwrite,
                              compression=compression, bit_depth=bit_depth, dpi=dpi,
                              output_profile=output_profile, intent=intent, bpc=bpc, bigtiff=bigtiff,

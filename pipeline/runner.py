@@ -75,6 +75,8 @@ class RunOptions:
     workers: int = 0                 # 0 = one task per core
     scheduler: str = "threads"       # threads | processes | distributed
     address: str | None = None       # join an existing dask scheduler (implies distributed)
+    cluster: object | None = None    # ClusterSettings: run the tiles in Slurm worker jobs (sidpipe.cluster)
+    jobs: int = 4                    # with cluster: at most this many worker jobs
     workdir: Path | None = None      # run directory (default: <OUT>.sidpipe next to the output)
     keep_workdir: bool = False
     overwrite: bool = False
@@ -97,6 +99,10 @@ class RunOptions:
             raise ConfigError(f"--tile-size must be a multiple of 16 and >= 64, got {self.tile_size}")
         if self.workers < 0:
             raise ConfigError("--workers must be >= 0")
+        if self.jobs < 1:
+            raise ConfigError("--jobs must be >= 1")
+        if self.cluster is not None and self.address:
+            raise ConfigError("--cluster and --address exclude each other")
         if self.scheduler not in ("threads", "processes", "distributed"):
             raise ConfigError(f"--scheduler must be threads, processes or distributed, got {self.scheduler!r}")
         if self.compression not in COMPRESSIONS:
@@ -148,14 +154,16 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     oh, ow = plan.out_sizes[0]
     tiled = options.out_of_core
     if tiled is None:
-        tiled = oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
+        tiled = (oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
+                 or options.cluster is not None)
     if not tiled and out.suffix.lower() == ".zarr":
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     spec, output_line = options.output_spec(input_path, out, (oh, ow), channels)
     if progress is not None:
         progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
                   "tiled": tiled, "tile": options.tile_size, "channels": channels,
-                  "workers": options.workers or torch.get_num_threads(), "scheduler": options.scheduler,
+                  "workers": options.jobs if options.cluster is not None else options.workers or torch.get_num_threads(),
+                  "scheduler": "slurm" if options.cluster is not None else options.scheduler,
                   "output": output_line})
     paths = output_paths(out, cfg.samples)
     if tiled:
@@ -228,8 +236,12 @@ def _drive(run: RunDir, input_path: Path, out: Path, cfg: Config, plan: Plan, op
             release_memory()  # the built index is on disk now; its freed lists would otherwise stay resident
             run.mark(f"index-s{s}")
     cores = torch.get_num_threads()
-    scheduler = "distributed" if options.address else options.scheduler
-    executor = Executor(scheduler, options.workers or cores, options.address)
+    if options.cluster is not None:
+        executor = Executor("slurm", options.jobs, cluster=options.cluster, log_dir=run.path / "slurm-logs",
+                            progress=progress)
+    else:
+        scheduler = "distributed" if options.address else options.scheduler
+        executor = Executor(scheduler, options.workers or cores, options.address)
     try:
         sample_tiled(run, cfg, plan, channels=channels, tile=tile, executor=executor, seed=cfg.seed,
                      progress=progress)

@@ -222,18 +222,32 @@ class Executor:
     """Runs a list of tile tasks with the chosen dask scheduler and reports each finished tile.
 
     scheduler: "threads" (one process, `workers` threads), "processes" (a pool of `workers` processes
-    kept for the whole run, so each loads a scale's index once) or "distributed" (a LocalCluster of
-    `workers` single-threaded processes, or the scheduler at `address`).
+    kept for the whole run, so each loads a scale's index once), "distributed" (a LocalCluster of
+    `workers` single-threaded processes, or the scheduler at `address`) or "slurm" (up to `workers`
+    Slurm worker jobs from `cluster` settings, see `sidpipe.cluster.slurm`; `log_dir` gets their logs).
     """
 
-    def __init__(self, scheduler: str, workers: int, address: str | None = None) -> None:
+    def __init__(self, scheduler: str, workers: int, address: str | None = None, *, cluster=None,
+                 log_dir: Path | None = None, progress: Progress | None = None) -> None:
         self.scheduler, self.workers = scheduler, max(1, workers)
         self.cores = torch.get_num_threads()
         # threads per task: share the cores between concurrent tasks, never oversubscribe (0: a remote
         # cluster's workers keep their own settings)
         self.threads = max(1, self.cores // self.workers) if scheduler != "distributed" or not address else 0
         self._client = self._cluster = self._pool = None
-        if scheduler == "distributed":
+        self.settings = cluster
+        self._jobs = 0
+        if scheduler == "slurm":
+            from distributed import Client
+
+            from .cluster.slurm import describe, start_cluster
+
+            self.threads = cluster.threads_per_task
+            self._cluster = start_cluster(cluster, log_dir)
+            self._client = Client(self._cluster)
+            if progress is not None:
+                progress({"event": "cluster", "message": describe(self._cluster, cluster, self.workers)})
+        elif scheduler == "distributed":
             from distributed import Client, LocalCluster
 
             if address:
@@ -250,11 +264,20 @@ class Executor:
         elif scheduler != "threads":
             raise ValueError(f"unknown scheduler {scheduler!r}")
 
+    def prepare(self, tasks: int) -> None:
+        """Before a pass of `tasks` tiles: Slurm worker jobs up to min(N, what the pass can use). Scales run
+        coarse to fine, so this only grows within a run; calling it again also replaces lost jobs."""
+        if self.scheduler != "slurm":
+            return
+        jobs = min(self.workers, -(-tasks // self.settings.tasks_per_job))
+        self._jobs = jobs
+        self._cluster.scale(jobs=jobs)
+
     def task_threads(self, tasks: int) -> int:
         """Threads for each of `tasks` tasks of one pass: a pass with fewer tasks than workers (a coarse
         scale's single tile) gives each of them more of the cores. Results do not depend on it."""
-        if self.threads == 0:
-            return 0
+        if self.threads == 0 or self.scheduler == "slurm":
+            return self.threads
         return max(1, self.cores // max(1, min(self.workers, tasks)))
 
     def run(self, fn: Callable, calls: list[tuple], on_done: Callable[[], None]) -> None:
@@ -357,6 +380,7 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
                 counter["pass_done"] = len(boxes) - len(todo)
                 check_stop()
                 threads = executor.task_threads(len(todo))
+                executor.prepare(len(boxes))
                 executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
                              lambda s=s, t=t, kind=kind, n=len(boxes), w=per_tile: report(s, t, kind, n, w))
                 run.mark(name)
