@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -16,7 +17,8 @@ from typing import Annotated, Optional, get_type_hints
 
 import typer
 
-from sidpipe.config import Config, load_config, parse_set
+from sidpipe.cluster import load_settings, split_overrides
+from sidpipe.config import Config, load_config, parse_set, preset_cluster
 from sidpipe.errors import SidpipeError
 from sidpipe.io.units import parse_size as parse_print_size
 
@@ -45,6 +47,9 @@ def _shared(
     workers: Annotated[int, typer.Option(help="Tiles computed at once (0 = one per core).")] = 0,
     scheduler: Annotated[str, typer.Option(help="threads | processes | distributed (a LocalCluster)")] = "threads",
     address: Annotated[Optional[str], typer.Option(help="Join an existing dask scheduler, e.g. tcp://host:8786.")] = None,
+    cluster: Annotated[Optional[str], typer.Option(help="slurm: compute the tiles in Slurm worker jobs (settings: "
+                                                   "configs/cluster/slurm.yaml, site/user files, --set cluster.KEY=V).")] = None,
+    jobs: Annotated[int, typer.Option(help="With --cluster: at most this many worker jobs.")] = 4,
     workdir: Annotated[Optional[Path], typer.Option(help="Run directory (default: OUT.sidpipe beside the output); "
                                                     "giving one forces the out-of-core pipeline.")] = None,
     keep_workdir: Annotated[bool, typer.Option("--keep-workdir", help="Keep the run directory after success.")] = False,
@@ -86,6 +91,8 @@ class SharedOptions:
     workers: int
     scheduler: str
     address: Optional[str]
+    cluster: Optional[str]
+    jobs: int
     workdir: Optional[Path]
     keep_workdir: bool
     overwrite: bool
@@ -103,7 +110,7 @@ class SharedOptions:
 
     def config(self, size: str | None = None) -> tuple[Config, str | None]:
         """The job's config (preset, then --set, then the flags, then --size) and --size's unit."""
-        overrides = parse_set(self.set_ or [])
+        overrides, _ = split_overrides(parse_set(self.set_ or []))
         flags = {"seed": self.seed, "samples": self.samples, "steps": self.steps, "eta": self.eta,
                  "patch_size": self.patch_size, "device": self.device, "index": self.index}
         overrides.update({k: v for k, v in flags.items() if v is not None})
@@ -112,11 +119,22 @@ class SharedOptions:
             (overrides["width"], overrides["height"]), size_unit = parse_print_size(size, self.dpi)
         return load_config(self.preset, overrides), size_unit
 
+    def cluster_settings(self):
+        """--cluster's settings (shipped < site < user < preset `cluster:` < --set cluster.KEY=V), or None."""
+        _, cluster_overrides = split_overrides(parse_set(self.set_ or []))
+        if self.cluster is None:
+            if cluster_overrides:
+                raise SidpipeError("--set cluster.* needs --cluster slurm")
+            return None
+        if self.cluster != "slurm":
+            raise SidpipeError(f"--cluster supports slurm, got {self.cluster!r}")
+        return load_settings(preset_cluster(self.preset), cluster_overrides)
+
     def run_options(self, size_unit: str | None):
         from sidpipe.runner import RunOptions
 
         return RunOptions(tile_size=self.tile_size, workers=self.workers, scheduler=self.scheduler,
-                          address=self.address, workdir=self.workdir, keep_workdir=self.keep_workdir,
+                          address=self.address, cluster=self.cluster_settings(), jobs=self.jobs, workdir=self.workdir, keep_workdir=self.keep_workdir,
                           overwrite=self.overwrite, compression=self.compression, bit_depth=self.bit_depth,
                           dpi=self.dpi, output_profile=self.output_profile, intent=self.intent, bpc=self.bpc,
                           bigtiff=self.bigtiff, pyramid=not self.no_pyramid, proof=self.proof,
@@ -174,9 +192,13 @@ def run_job(shared: SharedOptions, input: Path, *, size: str | None = None,
         # SIGTERM raises Interrupted wherever the main thread is: inside a library that wraps or
         # replaces the exception (an import, a finaliser, a C extension's callback) it arrives as
         # something else. The handler's flag says what really happened.
-        from sidpipe.errors import Interrupted
+        from sidpipe.errors import DiskFull, Interrupted, disk_full
         from sidpipe.tiles import STOP
 
+        full = disk_full(sys.exc_info()[1])
+        if full is not None:  # the in-memory path's output, or anything outside the run directory's guard
+            reporter.close()
+            fail(str(DiskFull(str(full.filename or shared.out))))
         if not STOP.is_set():
             raise
         reporter.close()

@@ -1,8 +1,10 @@
-"""Progress reporting for long runs: a bar on a terminal, a few plain lines otherwise, nothing with --quiet."""
+"""Progress reporting for long runs: a bar on a terminal; otherwise (a batch job's log) one plain line per
+finished pass, and at least one a minute, with the ETA; nothing with --quiet."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 import typer
 
@@ -15,6 +17,8 @@ class Reporter:
         self.tty = sys.stderr.isatty()
         self._bar = None
         self._task = None
+        self._last_line = time.monotonic()
+        self.interval = 60.0  # seconds: a long pass still shows a line at least this often when not on a TTY
 
     def __call__(self, info: dict) -> None:
         if self.quiet:
@@ -45,8 +49,11 @@ class Reporter:
                     self._bar.update(self._task, total=info["total"])
                 desc = f"scale {info['scale']} step {info['t']} pass {info['pass']}"
                 self._bar.update(self._task, completed=info["done"], description=desc)
-            elif info["done"] == info["total"] or info["done"] % max(1, info["total"] // 20) == 0:
-                typer.echo(f"tiles {info['done']}/{info['total']} ({info['seconds']:.0f} s)", err=True)
+            elif info["pass_done"] == info["pass_total"] or time.monotonic() - self._last_line >= self.interval:
+                self._last_line = time.monotonic()
+                typer.echo(pass_line(info), err=True)
+        elif kind == "cluster":
+            typer.echo(info["message"], err=True)
         elif kind == "index":
             typer.echo(f"building the IVF index of scale {info['scale']} ({info['patches']} patches)", err=True)
         elif kind == "step" and self._bar is not None:
@@ -73,3 +80,30 @@ def tiled_summary(plan, tile: int, channels: int, steps: int, workers: int = 1, 
     return (f"out of core: tile {tile}, tiles per scale (finest first) {est.tiles}, {2 * steps} passes per scale; "
             f"disk up to ~{est.disk / 2**30:.1f} GiB (state, indexes, reference), "
             f"peak memory ~{est.peak / 2**30:.1f} GiB {where} (estimate)")
+
+
+def duration(seconds: float) -> str:
+    """12 s, 3 min 20 s, 2 h 05 min."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def eta(info: dict) -> float | None:
+    """Seconds left, from the rate of the work (output pixels) this process has computed so far."""
+    computed = info["work_done"] - info["work_resumed"]
+    if computed <= 0 or info["seconds"] <= 0:
+        return None
+    return info["seconds"] / computed * (info["work_total"] - info["work_done"])
+
+
+def pass_line(info: dict) -> str:
+    """One log line of a tile event: the pass, the whole run's share of work done, elapsed time and ETA."""
+    left = eta(info)
+    resumed = f", {info['resumed']} resumed" if info["resumed"] else ""
+    return (f"scale {info['scale']} step {info['t']} pass {info['pass']}: {info['pass_done']}/{info['pass_total']} tiles; "
+            f"run {info['done']}/{info['total']} tiles{resumed}, {100 * info['work_done'] / info['work_total']:.0f}% "
+            f"of the work, {duration(info['seconds'])} elapsed, ETA {duration(left) if left is not None else '?'}")

@@ -160,7 +160,16 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     """Read a preset by name (configs/NAME.yaml) or by path; returns its key/value mapping."""
     data = read_preset(name_or_path)
     data.pop("description", None)
+    data.pop("cluster", None)  # Slurm settings, not the computation's (sidpipe.cluster.settings)
     return data
+
+
+def preset_cluster(name_or_path: str) -> dict[str, Any]:
+    """A preset's `cluster:` section (empty when it has none)."""
+    section = read_preset(name_or_path).get("cluster") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"preset {name_or_path}: cluster must be a mapping of cluster settings")
+    return section
 
 
 def read_preset(name_or_path: str) -> dict[str, Any]:

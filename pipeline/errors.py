@@ -18,3 +18,24 @@ class Interrupted(SidpipeError):
 
     def __init__(self) -> None:
         super().__init__("stopped by SIGTERM; finished tiles are kept: run the same command again to resume")
+
+
+class DiskFull(SidpipeError):
+    """ENOSPC (or a quota) while the run directory or the output was written: finished tiles are kept."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"no space left on device (writing {where}); finished tiles are kept: free space "
+                         "(or move the run directory and pass --workdir) and run the same command again to resume")
+
+
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC / EDQUOT error that `exc` is, or was raised from or during; None if there is none."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None

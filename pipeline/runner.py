@@ -18,7 +18,7 @@ import zarr
 from . import __version__
 from .config import Config
 from .devices import release_memory
-from .errors import ConfigError, Interrupted
+from .errors import ConfigError, DiskFull, Interrupted, disk_full
 from .io.bigtiff import BIGTIFF_MODES, COMPRESSIONS, ZarrSource
 from .io.color import INTENTS
 from .io.lazy import open_image
@@ -78,6 +78,8 @@ class RunOptions:
     workers: int = 0                 # 0 = one task per core
     scheduler: str = "threads"       # threads | processes | distributed
     address: str | None = None       # join an existing dask scheduler (implies distributed)
+    cluster: object | None = None    # ClusterSettings: run the tiles in Slurm worker jobs (sidpipe.cluster)
+    jobs: int = 4                    # with cluster: at most this many worker jobs
     workdir: Path | None = None      # run directory (default: <OUT>.sidpipe next to the output)
     keep_workdir: bool = False
     overwrite: bool = False
@@ -100,6 +102,10 @@ class RunOptions:
             raise ConfigError(f"--tile-size must be a multiple of 16 and >= 64, got {self.tile_size}")
         if self.workers < 0:
             raise ConfigError("--workers must be >= 0")
+        if self.jobs < 1:
+            raise ConfigError("--jobs must be >= 1")
+        if self.cluster is not None and self.address:
+            raise ConfigError("--cluster and --address exclude each other")
         if self.scheduler not in ("threads", "processes", "distributed"):
             raise ConfigError(f"--scheduler must be threads, processes or distributed, got {self.scheduler!r}")
         if self.compression not in COMPRESSIONS:
@@ -155,14 +161,16 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     oh, ow = plan.out_sizes[0]
     tiled = options.out_of_core
     if tiled is None:
-        tiled = oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
+        tiled = (oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
+                 or options.cluster is not None)
     if not tiled and out.suffix.lower() == ".zarr":
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     spec, output_line = options.output_spec(input_path, out, (oh, ow), channels)
     if progress is not None:
         progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
                   "tiled": tiled, "tile": options.tile_size, "channels": channels,
-                  "workers": options.workers or torch.get_num_threads(), "scheduler": options.scheduler,
+                  "workers": options.jobs if options.cluster is not None else options.workers or torch.get_num_threads(),
+                  "scheduler": "slurm" if options.cluster is not None else options.scheduler,
                   "output": output_line})
     paths = output_paths(out, cfg.samples)
     if tiled:
@@ -198,18 +206,36 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
     identity = {"config": cfg.to_dict(), "input": fingerprint(input_path), "output_size": list(plan.out_sizes[0])}
     if hooks is not None:
         identity["app"] = hooks.identity
-    with open_image(input_path) if reference is None else nullcontext(reference) as source:
-        channels = source.shape[0]
-        extra = {
-            "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
-                     "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
-            "layout": {"tile": options.tile_size, "channels": channels},
-            "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
-        }
-        run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
-        if not run.done("reference"):
-            write_reference_pyramid(source, plan.ref_sizes, run.reference(), chunk=1024, progress=progress)
-            run.mark("reference")
+    run = None
+    try:
+        with open_image(input_path) if reference is None else nullcontext(reference) as source:
+            channels = source.shape[0]
+            extra = {
+                "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
+                         "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
+                "layout": {"tile": options.tile_size, "channels": channels},
+                "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
+            }
+            # Locked until the end (or this process's death): one driver per run directory.
+            run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
+            if not run.done("reference"):
+                write_reference_pyramid(source, plan.ref_sizes, run.reference(), chunk=1024, progress=progress)
+                run.mark("reference")
+        _drive(run, input_path, out, cfg, plan, options, channels, progress, spec, hooks)
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is not None:
+            raise DiskFull(str(full.filename or (run.path if run is not None else run_dir))) from None
+        raise
+    finally:
+        if run is not None:
+            run.close()
+    return out
+
+
+def _drive(run: RunDir, input_path: Path, out: Path, cfg: Config, plan: Plan, options: RunOptions,
+           channels: int, progress: Progress | None, spec: OutputSpec | None, hooks: Hooks | None) -> None:
+    """Indexes, tiled sampling and the output of `run_out_of_core`, once the run directory is open and locked."""
     tile = run.manifest()["layout"]["tile"]  # a resumed run keeps the tiling its arrays were made with
     for s, kind in enumerate(plan.indexes):
         if kind == "ivf" and not run.done(f"index-s{s}") and start_step(hooks, s, cfg.steps) > 0:
@@ -221,8 +247,12 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
             release_memory()  # the built index is on disk now; its freed lists would otherwise stay resident
             run.mark(f"index-s{s}")
     cores = torch.get_num_threads()
-    scheduler = "distributed" if options.address else options.scheduler
-    executor = Executor(scheduler, options.workers or cores, options.address)
+    if options.cluster is not None:
+        executor = Executor("slurm", options.jobs, cluster=options.cluster, log_dir=run.path / "slurm-logs",
+                            progress=progress)
+    else:
+        scheduler = "distributed" if options.address else options.scheduler
+        executor = Executor(scheduler, options.workers or cores, options.address)
     try:
         sample_tiled(run, cfg, plan, channels=channels, tile=tile, executor=executor, seed=cfg.seed,
                      progress=progress, hooks=hooks)
@@ -238,7 +268,6 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
     write_output(run, out, spec, progress=progress)
     if not options.keep_workdir:
         shutil.rmtree(run.path, ignore_errors=True)
-    return out
 
 
 def write_output(run: RunDir, out: Path, spec: OutputSpec, *, progress: Progress | None = None) -> None:

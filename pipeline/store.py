@@ -6,16 +6,26 @@
         state.zarr/       per scale s: x0 / x1 (x_t double-buffered by step parity) and xhat (the estimate)
         index-s{s}.faiss  the IVF index of scale s (+ .json sidecar)
         markers/          NAME.done when a stage is complete; NAME/ holds one file per finished tile meanwhile
+        lock              held (fcntl.flock) by the one process driving the run
 
 Every write is atomic (zarr's local store writes chunks to a temp file and renames; markers and the
 manifest likewise), so a run killed at any moment resumes from its markers: a tile whose marker is
 missing is simply computed again.
+
+One run directory has one writer: `RunDir.open` takes an exclusive `flock` on `lock` and keeps it until
+`close` (or the process's death: the kernel drops the lock with its holder, so a killed run never blocks
+the next one). A second driver on a live run directory (a requeued job overlapping the one it replaces,
+two array tasks with the same output) is refused. Workers of the run (threads, processes, dask workers)
+read and write the arrays without the lock: the driver schedules them.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +36,7 @@ from .errors import ConfigError
 from .io.write import write_bytes_atomic
 
 FINGERPRINT_BLOCK = 1 << 20
+LOCK_NAME = "lock"
 
 
 def fingerprint(path: Path) -> dict[str, Any]:
@@ -45,6 +56,30 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.markers = self.path / "markers"
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Take the run directory's exclusive lock (creating the folder), or refuse: another process drives it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise ConfigError(f"{self.path} is in use by another sidpipe run ({holder or 'pid unknown'}); "
+                                  "wait for it to end, or use another --workdir") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     @classmethod
     def open(cls, path: Path, identity: dict[str, Any], extra: dict[str, Any], *, overwrite: bool) -> RunDir:
@@ -56,9 +91,24 @@ class RunDir:
             extra: recorded, not compared (versions, layout).
         """
         run = cls(path)
+        foreign = run.path.exists() and (not run.path.is_dir() or (
+            not (run.path / "manifest.json").exists() and any(p.name != LOCK_NAME for p in run.path.iterdir())))
+        if foreign and not (overwrite and run.path.is_dir()):  # checked before the lock file is made in it
+            raise ConfigError(f"{run.path} exists and is not a sidpipe run directory; use --overwrite or another --workdir")
+        run.lock()
+        try:
+            return run._open(identity, extra, overwrite=overwrite)
+        except BaseException:
+            run.close()
+            raise
+
+    def _open(self, identity: dict[str, Any], extra: dict[str, Any], *, overwrite: bool) -> RunDir:
+        run = self
         manifest = run.path / "manifest.json"
-        if run.path.exists() and overwrite:
-            shutil.rmtree(run.path)
+        if overwrite:  # everything but the lock we hold
+            for entry in run.path.iterdir():
+                if entry.name != LOCK_NAME:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         if manifest.exists():
             old = json.loads(manifest.read_text())
             diff = sorted(k for k in set(old["identity"]) | set(identity)
@@ -72,7 +122,7 @@ class RunDir:
                 raise ConfigError(f"{run.path} holds an unfinished run of a different job (differs in: "
                                   f"{', '.join(keys)}); use --overwrite to start over or another --workdir")
             return run
-        if run.path.exists() and any(run.path.iterdir()):
+        if any(p.name != LOCK_NAME for p in run.path.iterdir()):
             raise ConfigError(f"{run.path} exists and is not a sidpipe run directory; use --overwrite or another --workdir")
         run.markers.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(manifest, json.dumps({"identity": identity, **extra}, indent=1, sort_keys=True).encode())

@@ -261,18 +261,32 @@ class Executor:
     """Runs a list of tile tasks with the chosen dask scheduler and reports each finished tile.
 
     scheduler: "threads" (one process, `workers` threads), "processes" (a pool of `workers` processes
-    kept for the whole run, so each loads a scale's index once) or "distributed" (a LocalCluster of
-    `workers` single-threaded processes, or the scheduler at `address`).
+    kept for the whole run, so each loads a scale's index once), "distributed" (a LocalCluster of
+    `workers` single-threaded processes, or the scheduler at `address`) or "slurm" (up to `workers`
+    Slurm worker jobs from `cluster` settings, see `sidpipe.cluster.slurm`; `log_dir` gets their logs).
     """
 
-    def __init__(self, scheduler: str, workers: int, address: str | None = None) -> None:
+    def __init__(self, scheduler: str, workers: int, address: str | None = None, *, cluster=None,
+                 log_dir: Path | None = None, progress: Progress | None = None) -> None:
         self.scheduler, self.workers = scheduler, max(1, workers)
         self.cores = torch.get_num_threads()
         # threads per task: share the cores between concurrent tasks, never oversubscribe (0: a remote
         # cluster's workers keep their own settings)
         self.threads = max(1, self.cores // self.workers) if scheduler != "distributed" or not address else 0
         self._client = self._cluster = self._pool = None
-        if scheduler == "distributed":
+        self.settings = cluster
+        self._jobs = 0
+        if scheduler == "slurm":
+            from distributed import Client
+
+            from .cluster.slurm import describe, start_cluster
+
+            self.threads = cluster.threads_per_task
+            self._cluster = start_cluster(cluster, log_dir)
+            self._client = Client(self._cluster)
+            if progress is not None:
+                progress({"event": "cluster", "message": describe(self._cluster, cluster, self.workers)})
+        elif scheduler == "distributed":
             from distributed import Client, LocalCluster
 
             if address:
@@ -289,11 +303,20 @@ class Executor:
         elif scheduler != "threads":
             raise ValueError(f"unknown scheduler {scheduler!r}")
 
+    def prepare(self, tasks: int) -> None:
+        """Before a pass of `tasks` tiles: Slurm worker jobs up to min(N, what the pass can use). Scales run
+        coarse to fine, so this only grows within a run; calling it again also replaces lost jobs."""
+        if self.scheduler != "slurm":
+            return
+        jobs = min(self.workers, -(-tasks // self.settings.tasks_per_job))
+        self._jobs = jobs
+        self._cluster.scale(jobs=jobs)
+
     def task_threads(self, tasks: int) -> int:
         """Threads for each of `tasks` tasks of one pass: a pass with fewer tasks than workers (a coarse
         scale's single tile) gives each of them more of the cores. Results do not depend on it."""
-        if self.threads == 0:
-            return 0
+        if self.threads == 0 or self.scheduler == "slurm":
+            return self.threads
         return max(1, self.cores // max(1, min(self.workers, tasks)))
 
     def run(self, fn: Callable, calls: list[tuple], on_done: Callable[[], None]) -> None:
@@ -346,56 +369,71 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
     run_dir = str(run.path)
     starts = [start_step(hooks, s, cfg.steps) for s in range(plan.num_scales)]
     total = sum(max(1, 2 * t0) * len(tile_boxes(*size, tile)) for t0, size in zip(starts, plan.out_sizes))
-    counter = {"done": 0, "start": time.perf_counter(), "skipped": 0}
+    # Work in output pixels (a fine scale's tile costs what a coarse scale's does per pixel): for the ETA.
+    work = sum(max(1, 2 * t0) * h * w for t0, (h, w) in zip(starts, plan.out_sizes))
+    counter = {"done": 0, "start": time.perf_counter(), "skipped": 0, "work": 0.0, "work_skipped": 0.0,
+               "pass_done": 0}
 
     def check_stop() -> None:
         if STOP.is_set():
             raise Interrupted()
 
-    def report(scale: int, t: int, kind: str) -> None:
+    def skip(tiles: int, pixels: float) -> None:
+        counter["done"] += tiles
+        counter["skipped"] += tiles
+        counter["work"] += pixels
+        counter["work_skipped"] += pixels
+
+    def report(scale: int, t: int, kind: str, pass_total: int, per_tile: float) -> None:
         check_stop()
         counter["done"] += 1
+        counter["pass_done"] += 1
+        counter["work"] += per_tile
         if progress is not None:
             progress({"event": "tile", "scale": scale, "t": t, "pass": kind, "done": counter["done"],
                       "total": total, "resumed": counter["skipped"],
+                      "pass_done": counter["pass_done"], "pass_total": pass_total,
+                      "work_done": counter["work"], "work_total": work, "work_resumed": counter["work_skipped"],
                       "seconds": time.perf_counter() - counter["start"]})
 
     for s in range(plan.num_scales - 1, -1, -1):
         size = plan.out_sizes[s]
         boxes = tile_boxes(*size, tile)
         t0 = starts[s]
+        pixels = size[0] * size[1]
         if run.done(f"s{s}"):
-            counter["done"] += max(1, 2 * t0) * len(boxes)
-            counter["skipped"] += max(1, 2 * t0) * len(boxes)
+            skip(max(1, 2 * t0) * len(boxes), max(1, 2 * t0) * pixels)
             continue
         chunks = (channels, tile, tile)
         for name in ("x0", "x1", "xhat"):
             state_array(group, f"s{s}/{name}", (channels, *size), chunks)
         spec = ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
                          cfg.steps, cfg.eta, seed, cfg.blend_last_step, hooks)
+        per_tile = pixels / len(boxes)
         if t0 == 0:
             finished = run.tiles_done(f"s{s}-init")
             todo = [b for b in boxes if box_key(b) not in finished]
-            counter["done"] += len(boxes) - len(todo)
-            counter["skipped"] += len(boxes) - len(todo)
+            skip(len(boxes) - len(todo), per_tile * (len(boxes) - len(todo)))
+            counter["pass_done"] = len(boxes) - len(todo)
             check_stop()
+            executor.prepare(len(boxes))
             executor.run(init_tile, [(run_dir, executor.task_threads(len(todo)), spec, b) for b in todo],
-                         lambda s=s: report(s, 0, "I"))
+                         lambda s=s, n=len(boxes), w=per_tile: report(s, 0, "I", n, w))
         for t in range(t0, 0, -1):
             for kind, fn in (("A", denoise_tile), ("B", step_tile)):
                 name = f"s{s}-t{t}-{kind}"
                 if run.done(name):
-                    counter["done"] += len(boxes)
-                    counter["skipped"] += len(boxes)
+                    skip(len(boxes), pixels)
                     continue
                 finished = run.tiles_done(name)
                 todo = [b for b in boxes if box_key(b) not in finished]
-                counter["done"] += len(boxes) - len(todo)
-                counter["skipped"] += len(boxes) - len(todo)
+                skip(len(boxes) - len(todo), per_tile * (len(boxes) - len(todo)))
+                counter["pass_done"] = len(boxes) - len(todo)
                 check_stop()
                 threads = executor.task_threads(len(todo))
+                executor.prepare(len(boxes))
                 executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
-                             lambda s=s, t=t, kind=kind: report(s, t, kind))
+                             lambda s=s, t=t, kind=kind, n=len(boxes), w=per_tile: report(s, t, kind, n, w))
                 run.mark(name)
         for name in ("x1", "xhat"):  # x0 = x_{s,0} is kept: the next scale's coarse input (and, at s = 0, the output)
             if name in group[f"s{s}"]:
