@@ -54,6 +54,7 @@ from . import eval_cmd  # noqa
 from . import bench_cmd  # noqa
 from . import info_cmd  # noqa
 from . import panels_cmd  # noqa
+from . import vae_cmd  # noqa
 
 
 def main() -> None:
