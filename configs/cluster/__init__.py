@@ -1,0 +1,1 @@
+"""Site defaults of `--cluster slurm` (package data read with importlib.resources)."""
