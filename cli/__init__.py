@@ -56,6 +56,7 @@ from . import info_cmd  # noqa
 from . import panels_cmd  # noqa
 from . import apps_cmd  # noqa
 from . import vae_cmd  # noqa
+from . import guided_cmd  # noqa
 
 
 def main() -> None:
