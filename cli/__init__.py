@@ -55,6 +55,7 @@ from . import bench_cmd  # noqa
 from . import info_cmd  # noqa
 from . import panels_cmd  # noqa
 from . import apps_cmd  # noqa
+from . import batch_cmd  # noqa
 
 
 def main() -> None:
