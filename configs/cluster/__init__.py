@@ -1,0 +1,1 @@
+"""Shipped cluster settings (slurm.yaml), read with importlib.resources by sidpipe.cluster.settings."""
