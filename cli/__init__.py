@@ -57,6 +57,7 @@ from . import panels_cmd  # noqa
 from . import apps_cmd  # noqa
 from . import vae_cmd  # noqa
 from . import guided_cmd  # noqa
+from . import batch_cmd  # noqa
 
 
 def main() -> None:

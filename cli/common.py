@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -19,7 +22,7 @@ import typer
 
 from sidpipe.cluster import load_settings, split_overrides
 from sidpipe.config import Config, load_config, parse_set, preset_cluster
-from sidpipe.errors import SidpipeError
+from sidpipe.errors import Interrupted, SidpipeError
 from sidpipe.io.units import parse_size as parse_print_size
 
 from . import fail
@@ -68,6 +71,9 @@ def _shared(
     no_pyramid: Annotated[bool, typer.Option("--no-pyramid", help="No reduced levels (SubIFDs) in TIFF output.")] = False,
     proof: Annotated[Optional[Path], typer.Option(help="Soft proof JPEG (<= 2048 px) through the output profile.")] = None,
     gamut_warning: Annotated[bool, typer.Option("--gamut-warning", help="Mark out-of-gamut pixels in the proof.")] = False,
+    requeue: Annotated[bool, typer.Option("--requeue", help="Inside a Slurm job: on SIGUSR1 (sbatch "
+                                          "--signal=B:USR1@SECONDS) checkpoint, then `scontrol requeue` the job, "
+                                          "which resumes when it starts again (sidpipe batch sets it).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """The shared options (only its signature is used)."""
@@ -106,6 +112,7 @@ class SharedOptions:
     no_pyramid: bool
     proof: Optional[Path]
     gamut_warning: bool
+    requeue: bool
     quiet: bool
 
     def config(self, size: str | None = None) -> tuple[Config, str | None]:
@@ -187,12 +194,14 @@ def run_job(shared: SharedOptions, input: Path, *, size: str | None = None,
         run(input, shared.out, cfg, progress=reporter, options=shared.run_options(size_unit), make_hooks=make_hooks)
     except SidpipeError as exc:
         reporter.close()
+        if isinstance(exc, Interrupted):
+            stopped(shared.requeue)
         fail(str(exc))
     except Exception:
         # SIGTERM raises Interrupted wherever the main thread is: inside a library that wraps or
         # replaces the exception (an import, a finaliser, a C extension's callback) it arrives as
         # something else. The handler's flag says what really happened.
-        from sidpipe.errors import DiskFull, Interrupted, disk_full
+        from sidpipe.errors import DiskFull, disk_full
         from sidpipe.tiles import STOP
 
         full = disk_full(sys.exc_info()[1])
@@ -202,4 +211,26 @@ def run_job(shared: SharedOptions, input: Path, *, size: str | None = None,
         if not STOP.is_set():
             raise
         reporter.close()
-        fail(str(Interrupted()))
+        stopped(shared.requeue)
+
+
+def stopped(requeue: bool) -> None:
+    """The run stopped on a signal, its finished tiles on disk: one line, exit 1; with --requeue after a
+    SIGUSR1 inside a Slurm job, requeue the job first (it resumes from the run directory)."""
+    from sidpipe.runner import STOPPED_BY
+
+    name = STOPPED_BY["signal"]
+    message = str(Interrupted(name))
+    job = os.environ.get("SLURM_JOB_ID")
+    if requeue and name == "SIGUSR1" and job:
+        if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue ends this job with SIGTERM: we are leaving
+        try:
+            res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+            ok, why = res.returncode == 0, res.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            ok, why = False, str(exc)
+        message = (f"stopped by SIGUSR1 (time limit near); finished tiles are kept; requeued Slurm job {job}: "
+                   "it resumes when it starts again") if ok else f"{message} (scontrol requeue {job} failed: {why})"
+    fail(message)

@@ -16,8 +16,9 @@ class ConfigError(SidpipeError):
 class Interrupted(SidpipeError):
     """SIGTERM (what Slurm sends before preemption) arrived: finished tiles are kept for a resume."""
 
-    def __init__(self) -> None:
-        super().__init__("stopped by SIGTERM; finished tiles are kept: run the same command again to resume")
+    def __init__(self, signal_name: str = "SIGTERM") -> None:
+        self.signal_name = signal_name
+        super().__init__(f"stopped by {signal_name}; finished tiles are kept: run the same command again to resume")
 
 
 class DiskFull(SidpipeError):

@@ -138,11 +138,17 @@ def check_output(out: Path) -> None:
         raise ConfigError(f"output folder does not exist: {out.parent}")
 
 
+# The signal that stopped the run: SIGTERM (Slurm's preemption / scancel / time limit) or SIGUSR1 (the
+# warning a batch task asks for with --signal=B:USR1@N, after which `sidpipe run --requeue` requeues it).
+STOPPED_BY = {"signal": "SIGTERM"}
+
+
 def _on_sigterm(signum, frame) -> None:
     # The flag makes the stop stick even if this exception lands in a finaliser run by the garbage
     # collector (Python ignores exceptions raised there): the tile loop checks it after every tile.
+    STOPPED_BY["signal"] = signal.Signals(signum).name
     STOP.set()
-    raise Interrupted()
+    raise Interrupted(STOPPED_BY["signal"])
 
 
 def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None = None,
@@ -175,14 +181,16 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     paths = output_paths(out, cfg.samples)
     if tiled:
         STOP.clear()
-        previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+        STOPPED_BY["signal"] = "SIGTERM"
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGUSR1)} if main else {}
         try:
             for k, path in enumerate(paths):
                 run_out_of_core(input_path, None, path, cfg.replace(seed=cfg.seed + k, samples=1), plan,
                                 options, progress=progress, spec=spec, hooks=hooks)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     else:
         images = generate(load_image(input_path), cfg, progress=progress, plan=plan, hooks=hooks)
         for path, image in zip(paths, images):

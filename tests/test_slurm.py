@@ -125,3 +125,125 @@ def test_cancelled_worker_job_mid_pass_loses_nothing(slurm, reference, threaded,
     np.testing.assert_array_equal(tifffile.imread(out), threaded)
     logs = (Path(str(out) + ".sidpipe") / "slurm-logs")
     assert (logs / f"sidpipe-worker-{victim}.err").exists()
+
+
+def batch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sidpipe.cli", "batch", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+BATCH = ["--run", " ".join(ARGS), "--set", "cluster.cores=1", "--set", "cluster.memory=1GB",
+         "--set", "cluster.walltime=00:10:00"]
+
+
+@pytest.fixture(scope="module")
+def inputs(reference, tmp_path_factory) -> list[Path]:
+    """Three different references: the balloons, mirrored left-right and upside down."""
+    folder = tmp_path_factory.mktemp("inputs")
+    image = Image.open(reference)
+    paths = []
+    for name, im in (("a", image), ("b", image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)),
+                     ("c", image.transpose(Image.Transpose.FLIP_TOP_BOTTOM))):
+        im.save(folder / f"{name}.png")
+        paths.append(folder / f"{name}.png")
+    return paths
+
+
+def test_slurm_script_shows_what_batch_submits(inputs, tmp_path):
+    (tmp_path / "xdg" / "sidpipe").mkdir(parents=True)
+    (tmp_path / "xdg" / "sidpipe" / "slurm.yaml").write_text("partition: short\nprologue: [module load python/3.11]\n")
+    res = subprocess.run([sys.executable, "-m", "sidpipe.cli", "slurm-script", *map(str, inputs), "--out-dir",
+                          str(tmp_path), "--array-throttle", "2", *BATCH, "--set", "cluster.gres=gpu:1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    text = res.stdout
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH -c 1", "#SBATCH --mem=953M", "#SBATCH -t 00:10:00",
+                 "#SBATCH --signal=B:USR1@300", "#SBATCH --requeue", "#SBATCH -p short", "#SBATCH --gres gpu:1",
+                 "module load python/3.11", f"#   1: {inputs[1]}\t{tmp_path / 'b.tif'}"):
+        assert line + "\n" in text, line
+    assert '--workdir "$OUTPUT.sidpipe" --requeue ' + " ".join(ARGS) in text
+    assert not (tmp_path / ".sidpipe-batch").exists()  # nothing written, nothing submitted
+    bad = batch(*map(str, inputs), "--out-dir", str(tmp_path), "--run", "--out x.tif")
+    assert bad.returncode == 1 and "--run must not contain --out" in bad.stderr
+
+
+def test_batch_array_then_resubmit_only_the_cancelled_task(slurm, inputs, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    first = batch(*map(str, inputs), "--out-dir", str(out), *BATCH)
+    assert first.returncode == 0, first.stderr
+    assert "0 done, 0 pending or running, 3 to submit" in first.stdout
+    job = first.stdout.split("submitted array job ")[1].split()[0]
+    markers = out / "b.tif.sidpipe" / "markers"
+    deadline = time.time() + 180
+    while time.time() < deadline and (not markers.exists() or sum(1 for _ in markers.rglob("*")) < 6):
+        time.sleep(0.05)
+    subprocess.run(["scancel", f"{job}_1"], check=True, timeout=30)  # b, mid-run
+    while time.time() < deadline and any(j[0].startswith(f"{job}_") for j in slurm.squeue()):
+        time.sleep(0.5)
+    assert (out / "a.tif").exists() and (out / "c.tif").exists() and not (out / "b.tif").exists()
+    assert (out / "b.tif.sidpipe" / "manifest.json").exists()  # b's finished tiles wait for the next attempt
+    log_b = (out / ".sidpipe-batch" / "logs" / f"{job}_1.out").read_text()
+    assert "stopped by SIGTERM; finished tiles are kept" in log_b, log_b
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif")}
+
+    second = batch(*map(str, inputs), "--out-dir", str(out), *BATCH, "--wait")
+    assert second.returncode == 0, second.stdout + second.stderr + slurm.log()
+    assert "2 done, 0 pending or running, 1 to submit" in second.stdout
+    assert "(1 tasks): b.png;" in second.stdout and "3/3 done" in second.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif") if p.name != "b.tif"} == stamps  # a, c untouched
+    job2 = second.stdout.split("submitted array job ")[1].split()[0]
+    log_b2 = (out / ".sidpipe-batch" / "logs" / f"{job2}_0.out").read_text()
+    assert "resumed" in log_b2, log_b2  # it went on from the cancelled attempt's tiles
+    # b equals an uninterrupted threaded run of b, and a third call has nothing to do.
+    proc = start(str(inputs[1]), "--out", str(tmp_path / "b_ref.tif"), *ARGS, "--quiet")
+    assert proc.wait(timeout=300) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "b.tif"), tifffile.imread(tmp_path / "b_ref.tif"))
+    third = batch(*map(str, inputs), "--out-dir", str(out), *BATCH)
+    assert third.returncode == 0 and "3 done, 0 pending or running, 0 to submit" in third.stdout
+    assert "submitted" not in third.stdout
+
+
+def wait_state(slurm, job: str, states: tuple[str, ...], timeout: float = 120) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = next((j[2] for j in slurm.squeue() if j[0] == job), "GONE")
+        if state in states:
+            return state
+        time.sleep(0.1)
+    pytest.fail(f"job {job} never reached {states}; jobs: {slurm.squeue()}")
+
+
+def wait_tiles(folder: Path, count: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and (not folder.exists() or sum(1 for _ in folder.rglob("*")) < count):
+        time.sleep(0.05)
+    assert folder.exists(), "the task never started tiles"
+
+
+def test_usr1_requeue_and_preemption_requeue_resume_to_the_same_bytes(slurm, inputs, tmp_path):
+    """USR1 (what --signal=B:USR1@N sends before the time limit): the task checkpoints and requeues itself.
+    Then a requeue from outside (what preemption does: SIGTERM, then back to the queue): it checkpoints
+    and exits. Each time the requeued job resumes; the output equals an uninterrupted run's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    res = batch(str(inputs[2]), "--out-dir", str(out), *BATCH)
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.split("submitted array job ")[1].split()[0] + "_0"
+    markers = out / "c.tif.sidpipe" / "markers"
+    log = out / ".sidpipe-batch" / "logs" / f"{job}.out"
+    for attempt, how in enumerate((["scancel", "--signal=USR1", "--batch", job], ["scontrol", "requeue", job]), 1):
+        wait_state(slurm, job, ("RUNNING",))
+        wait_tiles(markers, 6 * attempt)
+        subprocess.run(how, check=True, timeout=30)
+        # Slurm holds a requeued job ~2 min (BeginTime); let it start again at once.
+        wait_state(slurm, job, ("PENDING",))
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+    wait_state(slurm, job, ("GONE", "COMPLETED"), timeout=300)
+    text = log.read_text()
+    assert f"requeued Slurm job {job}: it resumes when it starts again" in text, text
+    assert "stopped by SIGTERM; finished tiles are kept" in text and "Traceback" not in text
+    assert "restart 1)" in text and "restart 2)" in text and text.count("resumed") >= 2
+    proc = start(str(inputs[2]), "--out", str(tmp_path / "c_ref.tif"), *ARGS, "--quiet")
+    assert proc.wait(timeout=300) == 0
+    np.testing.assert_array_equal(tifffile.imread(out / "c.tif"), tifffile.imread(tmp_path / "c_ref.tif"))

@@ -1,1 +1,1 @@
-"""Site defaults of `--cluster slurm` (package data read with importlib.resources)."""
+"""Shipped cluster settings (slurm.yaml), read with importlib.resources by sidpipe.cluster.settings."""
