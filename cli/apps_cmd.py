@@ -73,3 +73,52 @@ def retarget(
         return job.prepare(cfg, (h, w)), job.make(ref, cfg.steps)
 
     run_job(shared, ref, size=size, app=build)
+
+
+@app.command("harmonize")
+@shared_options("harmonize")
+def harmonize(
+    composite: Annotated[Path, typer.Argument(help="The composite: an object pasted on a background.", show_default=False)],
+    *,
+    mask: MaskOption,
+    ref: Annotated[Optional[Path], typer.Option(help="Background image whose patches are used (default: the "
+                                                "composite's own, away from the mask).")] = None,
+    level: Annotated[float, typer.Option(help="Noise level the composite is started from at the finest scale "
+                                         "(0-1; SinDDM's ~0.15).")] = 0.15,
+    shared: SharedOptions,
+) -> None:
+    """Harmonize the masked object with the background's texture and colours; far from the mask, unchanged."""
+    from sidpipe.apps import harmonize as job
+    from sidpipe.io.read import image_size
+
+    def build(cfg):
+        w, h = image_size(composite)
+        cfg = cfg.replace(width=w, height=h)
+        return cfg, job.make(composite, mask, ref, cfg.steps, cfg.patch_size, level)
+
+    run_job(shared, ref if ref is not None else composite, app=build)
+
+
+@app.command("edit")
+@shared_options("edit")
+def edit(
+    ref: ImageArg,
+    edited: Annotated[Path, typer.Argument(help="REF with a rough edit (pasted, painted, moved parts).",
+                                           show_default=False)],
+    *,
+    mask: Annotated[Optional[Path], typer.Option(help="Region of the edit (white); outside it (dilated, feathered) "
+                                                 "the output is REF.")] = None,
+    auto_mask: Annotated[bool, typer.Option("--auto-mask", help="The mask is where EDITED differs from REF.")] = False,
+    shared: SharedOptions,
+) -> None:
+    """Make a rough edit of REF coherent, from REF's patches (GPNN-style editing)."""
+    from sidpipe.apps import edit as job
+
+    def build(cfg):
+        if mask is not None and auto_mask:
+            raise ConfigError("give --mask or --auto-mask, not both")
+        if not edited.is_file():
+            raise ConfigError(f"EDITED not found: {edited}")
+        return cfg, job.make(ref, edited, mask, auto_mask, cfg.steps)
+
+    run_job(shared, ref, app=build)
