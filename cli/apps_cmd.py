@@ -122,3 +122,42 @@ def edit(
         return cfg, job.make(ref, edited, mask, auto_mask, cfg.steps)
 
     run_job(shared, ref, app=build)
+
+
+@app.command("symmetric")
+@shared_options("symmetric")
+def symmetric(
+    ref: ImageArg,
+    *,
+    axis: Annotated[str, typer.Option(help="horizontal (left-right mirror) | vertical (top-bottom mirror)")] = "horizontal",
+    keep: Annotated[Optional[str], typer.Option(help="The half that is generated and mirrored: left | right "
+                                                "(horizontal), top | bottom (vertical); default left / top.")] = None,
+    size: SizeOption = None,
+    shared: SharedOptions,
+) -> None:
+    """New images from REF's patches that equal their own mirror image (in memory only)."""
+    from sidpipe.apps import symmetric as job
+
+    run_job(shared, ref, size=size, app=lambda cfg: (cfg, job.make(axis, keep)))
+
+
+@app.command("roi")
+@shared_options("roi")
+def roi(
+    ref: ImageArg,
+    *,
+    src: Annotated[str, typer.Option(help="Source box x,y,w,h in REF.", show_default=False)],
+    dst: Annotated[list[str], typer.Option(help="Destination box x,y,w,h in the output (repeatable).",
+                                           show_default=False)],
+    size: SizeOption = None,
+    shared: SharedOptions,
+) -> None:
+    """New images from REF's patches with REF's SRC box content placed in each DST box."""
+    from sidpipe.apps import roi as job
+
+    def build(cfg):
+        example = "10,20,40,30"
+        return cfg, job.make(ref, parse_ints(src, 4, "--src", example),
+                             [parse_ints(d, 4, "--dst", example) for d in dst])
+
+    run_job(shared, ref, size=size, app=build)

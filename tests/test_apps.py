@@ -13,7 +13,7 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from sidpipe.apps import edit, harmonize, inpaint, outpaint, retarget
+from sidpipe.apps import edit, harmonize, inpaint, outpaint, retarget, roi
 from sidpipe.apps.masks import dilate
 from sidpipe.cli import app
 from sidpipe.config import load_config
@@ -180,6 +180,43 @@ def test_edit_follows_the_edit_and_keeps_ref_away_from_it():
     assert nn_at(out, ref, band) <= 1.5 * nn_at(uncond, ref, band), (nn_at(out, ref, band), nn_at(uncond, ref, band))
 
 
+def test_symmetric_output_equals_its_mirror_and_seeds_differ(tmp_path):
+    outs = []
+    for seed, axis in ((0, "horizontal"), (1, "horizontal"), (0, "vertical")):
+        out = tmp_path / f"sym{seed}{axis}.png"
+        res = runner.invoke(app, ["symmetric", str(IMAGE), "--axis", axis, "--out", str(out), "--quiet", "--seed",
+                                  str(seed), "--patch-size", "7", "--steps", "3", "--set", "num_scales=3",
+                                  "--size", "95x64"])
+        assert res.exit_code == 0, res.output
+        x = np.asarray(Image.open(out).convert("RGB")).astype(int)
+        assert x.shape == (64, 95, 3)
+        assert np.abs(x - x[:, ::-1] if axis == "horizontal" else x - x[::-1]).max() == 0  # 8-bit output
+        outs.append(x)
+    assert np.abs(outs[0] - outs[1]).mean() > 5                     # seeds differ
+    ref = load_image(IMAGE)
+    got = outs[0].transpose(2, 0, 1) / 127.5 - 1
+    assert nn_patch_distance(got, ref) < 0.2                          # made of the reference's patches
+    # the left-right symmetric output is not the reference mirrored
+    sym_ref = np.concatenate([ref[:, :64, :48], ref[:, :64, :47][:, :, ::-1]], 2)
+    assert np.abs(got - sym_ref).mean() > 0.1
+    res = runner.invoke(app, ["symmetric", str(IMAGE), "--out", str(tmp_path / "big.png"), "--quiet",
+                              "--size", "300x300", "--tile-size", "128"])
+    assert res.exit_code == 1 and "in memory only" in res.output and not (tmp_path / "big.png").exists()
+
+
+def test_roi_puts_the_source_box_in_each_destination(tmp_path):
+    ref = load_image(IMAGE)
+    src, dsts = (55, 40, 30, 30), [(4, 4, 30, 30), (60, 70, 36, 24)]   # the red balloon, twice
+    cfg = config(width=112, height=96)
+    make_hooks = roi.make(IMAGE, src, dsts)
+    out = sample(IMAGE, cfg, make_hooks)
+    crop = torch.from_numpy(ref[:, 40:70, 55:85])
+    for x, y, w, h in dsts:
+        target = resize(crop, (h, w)).numpy()
+        assert low_corr(out[:, y:y + h, x:x + w], target, (6, 6)) >= 0.9
+    np.testing.assert_array_equal(tiled(IMAGE, cfg, make_hooks, tmp_path, 64), out)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["inpaint", "{img}", "--mask", "{small}"], "but the image is"),
     (["inpaint", "{img}", "--mask", "{black}"], "is empty"),
@@ -195,6 +232,10 @@ def test_edit_follows_the_edit_and_keeps_ref_away_from_it():
     (["edit", "{img}", "{img}", "--auto-mask"], "nothing to edit"),
     (["edit", "{img}", "{small}"], "EDITED"),
     (["edit", "{img}", "{img}", "--auto-mask", "--mask", "{half}"], "not both"),
+    (["symmetric", "{img}", "--axis", "diagonal"], "--axis must be"),
+    (["symmetric", "{img}", "--axis", "vertical", "--keep", "left"], "--keep must be"),
+    (["roi", "{img}", "--src", "80,80,30,30", "--dst", "0,0,10,10"], "--src 80,80,30,30 is not a box"),
+    (["roi", "{img}", "--src", "0,0,30,30", "--dst", "0,0,10"], "--dst expects"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
     Image.new("L", (50, 50), 255).save(tmp_path / "small.png")
