@@ -161,3 +161,19 @@ def roi(
                              [parse_ints(d, 4, "--dst", example) for d in dst])
 
     run_job(shared, ref, size=size, app=build)
+
+
+@app.command("tileable")
+@shared_options("tileable")
+def tileable(
+    ref: ImageArg,
+    *,
+    direction: Annotated[str, typer.Option(help="both | horizontal (left/right edges join) | vertical "
+                                           "(top/bottom edges join)")] = "both",
+    size: SizeOption = None,
+    shared: SharedOptions,
+) -> None:
+    """Seamless tiles from REF's patches: the output repeats without a visible seam (in memory only)."""
+    from sidpipe.apps import tileable as job
+
+    run_job(shared, ref, size=size, app=lambda cfg: (cfg, job.make(direction)))

@@ -13,7 +13,7 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from sidpipe.apps import edit, harmonize, inpaint, outpaint, retarget, roi
+from sidpipe.apps import edit, harmonize, inpaint, outpaint, retarget, roi, tileable
 from sidpipe.apps.masks import dilate
 from sidpipe.cli import app
 from sidpipe.config import load_config
@@ -146,6 +146,7 @@ COMPOSITE, HMASK, BACKGROUND = APPS / "euc_composite.png", APPS / "euc_mask.png"
 HARMONIZE = {"patch_size": 7, "steps": 14, "seed": 1, "width": 160, "height": 129}
 
 
+@pytest.mark.slow
 def test_harmonize_keeps_far_pixels_and_shape_and_takes_the_background_texture(tmp_path):
     comp, ref = load_image(COMPOSITE), load_image(BACKGROUND)
     m = hole(HMASK)
@@ -217,6 +218,21 @@ def test_roi_puts_the_source_box_in_each_destination(tmp_path):
     np.testing.assert_array_equal(tiled(IMAGE, cfg, make_hooks, tmp_path, 64), out)
 
 
+@pytest.mark.slow
+def test_tileable_has_no_seam_across_the_wrap():
+    cobbles = APPS / "cobbles.jpeg"   # shared/data/apps/textures: its own wrap has a natural seam
+    ref = load_image(cobbles)
+    cfg = config(width=96, height=96)
+    out, plain = sample(cobbles, cfg, tileable.make("both")), sample(cobbles, cfg)
+    for axis in (1, 2):
+        own = tileable.seam_error(ref, axis)
+        assert tileable.seam_error(out, axis) <= min(1.0, 0.25 * own), (tileable.seam_error(out, axis), own)
+        assert tileable.seam_error(plain, axis) > 3.0                # negative control: a plain sample has a seam
+    assert nn_patch_distance(out, ref) <= 1.2 * nn_patch_distance(plain, ref)
+    horizontal = sample(cobbles, cfg, tileable.make("horizontal"))
+    assert tileable.seam_error(horizontal, 2) <= 1.0 and tileable.seam_error(horizontal, 1) > 3.0
+
+
 @pytest.mark.parametrize("args,needle", [
     (["inpaint", "{img}", "--mask", "{small}"], "but the image is"),
     (["inpaint", "{img}", "--mask", "{black}"], "is empty"),
@@ -233,6 +249,7 @@ def test_roi_puts_the_source_box_in_each_destination(tmp_path):
     (["edit", "{img}", "{small}"], "EDITED"),
     (["edit", "{img}", "{img}", "--auto-mask", "--mask", "{half}"], "not both"),
     (["symmetric", "{img}", "--axis", "diagonal"], "--axis must be"),
+    (["tileable", "{img}", "--direction", "up"], "--direction must be"),
     (["symmetric", "{img}", "--axis", "vertical", "--keep", "left"], "--keep must be"),
     (["roi", "{img}", "--src", "80,80,30,30", "--dst", "0,0,10,10"], "--src 80,80,30,30 is not a box"),
     (["roi", "{img}", "--src", "0,0,30,30", "--dst", "0,0,10"], "--dst expects"),
