@@ -53,9 +53,11 @@ class Taps:
     antialias=False: torch's bicubic (a = -0.75, source index clamped at the borders);
     antialias=True: torch's/PIL's antialiased bicubic (a = -0.5, kernel widened by the shrink factor,
     weights renormalised inside the image). Unused taps have weight 0 and repeat a used index.
+    wrap=True: a periodic signal (tileable textures): source indices are taken modulo n_in instead of
+    being clamped, and no kernel is cut at a border.
     """
 
-    def __init__(self, n_in: int, n_out: int, antialias: bool) -> None:
+    def __init__(self, n_in: int, n_out: int, antialias: bool, wrap: bool = False) -> None:
         self.n_in, self.n_out = n_in, n_out
         scale = n_in / n_out
         o = torch.arange(n_out, dtype=torch.float64)
@@ -63,20 +65,22 @@ class Taps:
             support = 2.0 * scale if scale >= 1.0 else 2.0
             inv = 1.0 / scale if scale >= 1.0 else 1.0
             centre = scale * (o + 0.5)
-            lo = torch.clamp((centre - support + 0.5).floor(), min=0)
-            hi = torch.clamp((centre + support + 0.5).floor(), max=n_in)
+            lo, hi = (centre - support + 0.5).floor(), (centre + support + 0.5).floor()
+            if not wrap:
+                lo, hi = torch.clamp(lo, min=0), torch.clamp(hi, max=n_in)
             k = int((hi - lo).max())
             j = torch.arange(k, dtype=torch.float64)
             idx = lo[:, None] + j[None, :]
             w = _cubic((idx - centre[:, None] + 0.5) * inv, -0.5)
             w = torch.where(idx < hi[:, None], w, torch.zeros_like(w))
             w = w / w.sum(1, keepdim=True)
-            idx = torch.minimum(idx, hi[:, None] - 1)
+            idx = torch.remainder(idx, n_in) if wrap else torch.minimum(idx, hi[:, None] - 1)
         else:
             src = scale * (o + 0.5) - 0.5
             base = src.floor()
             t = src - base
-            idx = (base[:, None] + torch.arange(-1, 3, dtype=torch.float64)[None, :]).clamp(0, n_in - 1)
+            idx = base[:, None] + torch.arange(-1, 3, dtype=torch.float64)[None, :]
+            idx = torch.remainder(idx, n_in) if wrap else idx.clamp(0, n_in - 1)
             w = _cubic(torch.stack([t + 1, t, 1 - t, 2 - t], 1), -0.75)
         self.idx = idx.long()
         self.w = w.float()
@@ -100,8 +104,8 @@ class Taps:
 
 
 @lru_cache(maxsize=128)
-def taps(n_in: int, n_out: int, antialias: bool) -> Taps:
-    return Taps(n_in, n_out, antialias)
+def taps(n_in: int, n_out: int, antialias: bool, wrap: bool = False) -> Taps:
+    return Taps(n_in, n_out, antialias, wrap)
 
 
 def resize_plan(in_size: tuple[int, int], out_size: tuple[int, int]) -> tuple[Taps, Taps]:
@@ -145,3 +149,15 @@ def reference_pyramid(reference: torch.Tensor, sizes: list[tuple[int, int]]) -> 
 def blur(x: torch.Tensor, coarse_size: tuple[int, int]) -> torch.Tensor:
     """BLUR = UP(DOWN(x)): the low-pass part that the two-scale blend replaces (Alg. 2, line 17)."""
     return resize(resize(x, coarse_size), tuple(x.shape[-2:]))
+
+
+def resize_wrap(x: torch.Tensor, size: tuple[int, int], wrap: tuple[bool, bool]) -> torch.Tensor:
+    """`resize` of (C, H, W) treating the rows (wrap[0]) and/or columns (wrap[1]) as periodic: the image's
+    top continues its bottom, its left its right (tileable textures). In memory only."""
+    in_size = tuple(x.shape[-2:])
+    if in_size == tuple(size):
+        return x.clone()
+    shrink = size[0] < in_size[0] or size[1] < in_size[1]
+    rows = taps(in_size[0], size[0], shrink, wrap[0])
+    cols = taps(in_size[1], size[1], shrink, wrap[1])
+    return cols.apply(rows.apply(x, 1, 0, size[0]), 2, 0, size[1])

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..io.read import load_image
 from ..plan import Plan
 from ..sample.hooks import Hooks
-from .masks import KnownRegion, as_tensor, file_digest, read_mask
+from .masks import KnownRegion, as_tensor, check_excludable, file_digest, read_mask
 
 
 def make(image_path: Path, mask_path: Path, steps: int, patch_size: int) -> Callable[[Plan], Hooks]:
@@ -24,10 +24,7 @@ def make(image_path: Path, mask_path: Path, steps: int, patch_size: int) -> Call
         if plan.out_sizes[0] != tuple(image.shape[-2:]):
             raise ConfigError("inpaint keeps the image's size: do not give --size")
         region = KnownRegion(image, hole, plan.out_sizes, steps, exclude_from=hole)
-        for s, size in enumerate(plan.ref_sizes):
-            if bool(region.exclude(s, size, patch_size).all()):
-                raise ConfigError(f"the mask leaves no whole {patch_size}x{patch_size} patch of the image at scale {s} "
-                                  f"({size[1]}x{size[0]}); use a smaller mask, fewer scales or a smaller patch size")
+        check_excludable(region, plan.ref_sizes, patch_size)
         return region.hooks({"app": "inpaint", "mask": file_digest(mask_path)})
 
     return build

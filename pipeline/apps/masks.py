@@ -118,3 +118,80 @@ def file_digest(path: Path) -> str:
 
 def as_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+
+
+def gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(H, W) float blurred by a Gaussian of std `sigma` cut to a disk of radius 4 sigma (zero outside the
+    image), so a pixel farther than 4 sigma from every nonzero pixel stays exactly 0."""
+    radius = int(4 * sigma)
+    if radius <= 0:
+        return mask.float().clone()
+    r = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    d2 = r[:, None] ** 2 + r[None, :] ** 2
+    g = torch.exp(-0.5 * d2 / sigma**2) * (d2 <= radius**2)
+    g = (g / g.sum()).float()
+    return F.conv2d(mask.float()[None, None], g[None, None], padding=radius)[0, 0].clamp_min(0.0)
+
+
+def soft_mask(mask: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
+    """SinDDM's paste-back weight: the mask dilated by a disk of `radius`, blurred (std `sigma`, cut at 4
+    sigma), min-max normalised to [0, 1]; exactly 0 beyond radius + 4 sigma from the mask."""
+    w = gaussian_blur(dilate(mask, radius), sigma)
+    w = w * (w > 1e-6)  # the blur's far tail is float dust: make "untouched" exact
+    return (w - w.min()) / (w.max() - w.min()).clamp_min(1e-12)
+
+
+class Steered:
+    """Hooks of the jobs that fix or seed scales with a given image and paste a result back softly.
+
+    steps: T. fixed: {scale: image at that scale's output size} — the scale is never denoised (its result is
+    the image). sdedit: {scale: (t0, image)} — the scale starts at step t0 from alpha_t0 image + sigma_t0 eps
+    (SDEdit; eps keyed by seed, scale, t0). weight, base: optional paste-back, out = w x + (1 - w) base where
+    w > 0, exactly base elsewhere. exclude_from: optional bool mask over the reference; its patches are
+    dropped from every scale's dataset.
+    """
+
+    def __init__(self, steps: int, fixed: dict[int, torch.Tensor] | None = None,
+                 sdedit: dict[int, tuple[int, torch.Tensor]] | None = None, weight: torch.Tensor | None = None,
+                 base: torch.Tensor | None = None, exclude_from: torch.Tensor | None = None) -> None:
+        self.steps, self.fixed, self.sdedit = steps, fixed or {}, sdedit or {}
+        self.weight, self.base, self.exclude_from = weight, base, exclude_from
+
+    def start(self, scale: int) -> int:
+        if scale in self.fixed:
+            return 0
+        return self.sdedit[scale][0] if scale in self.sdedit else self.steps
+
+    def init(self, scale: int, t0: int, box: Box, seed: int) -> torch.Tensor | None:
+        y0, y1, x0, x1 = box
+        if scale in self.fixed:
+            return self.fixed[scale][:, y0:y1, x0:x1].clone()
+        if scale not in self.sdedit:
+            return None
+        t0, image = self.sdedit[scale]
+        a, s = alpha_sigma(t0, self.steps)
+        eps = noise_region(image.shape[0], y0, y1, x0, x1, seed=seed, scale=scale, step=t0)
+        return a * image[:, y0:y1, x0:x1] + s * eps
+
+    def paste(self, box: Box, x: torch.Tensor) -> torch.Tensor:
+        y0, y1, x0, x1 = box
+        w, base = self.weight[y0:y1, x0:x1][None], self.base[:, y0:y1, x0:x1]
+        return torch.where(w > 0, w * x + (1 - w) * base, base)
+
+    def exclude(self, scale: int, size: tuple[int, int], patch_size: int) -> torch.Tensor | None:
+        return patches_touching(support_mask(self.exclude_from, size), patch_size)
+
+    def hooks(self, identity: dict) -> Hooks:
+        return Hooks(start=self.start, init=self.init,
+                     paste=self.paste if self.weight is not None else None,
+                     exclude=self.exclude if self.exclude_from is not None else None, identity=identity)
+
+
+def check_excludable(region, sizes: list[tuple[int, int]], patch_size: int) -> None:
+    """Refuse a mask that leaves some scale of the reference without a single whole patch."""
+    from ..errors import ConfigError
+
+    for s, size in enumerate(sizes):
+        if bool(region.exclude(s, size, patch_size).all()):
+            raise ConfigError(f"the mask leaves no whole {patch_size}x{patch_size} patch of the reference at scale {s} "
+                              f"({size[1]}x{size[0]}); use a smaller mask, fewer scales or a smaller patch size")

@@ -14,8 +14,8 @@ from ..config import Config
 from ..io.read import load_image
 from ..plan import Plan
 from ..pyramid import auto_num_scales, resize
-from ..sample.hooks import Box, Hooks
-from .masks import as_tensor
+from ..sample.hooks import Hooks
+from .masks import Steered, as_tensor
 
 
 def prepare(cfg: Config, ref_hw: tuple[int, int]) -> Config:
@@ -29,37 +29,13 @@ def prepare(cfg: Config, ref_hw: tuple[int, int]) -> Config:
     return cfg.replace(num_scales=auto_num_scales(short, short, cfg.patch_size, cfg.coarsest_ratio, cfg.scale_factor))
 
 
-class Retarget:
-    """The fixed coarsest scale: `image` is the reference resized to the coarsest output size."""
-
-    def __init__(self, coarsest: int, image) -> None:
-        self.coarsest, self.image = coarsest, image
-
-    def init(self, scale: int, t0: int, box: Box, seed: int):
-        if scale != self.coarsest:
-            return None
-        y0, y1, x0, x1 = box
-        return self.image[:, y0:y1, x0:x1].clone()
-
-
 def make(ref_path: Path, steps: int) -> Callable[[Plan], Hooks]:
-    """Hooks of `sidpipe retarget REF --size WxH`."""
+    """Hooks of `sidpipe retarget REF --size WxH`: the coarsest scale fixed to REF resized to it."""
 
     def build(plan: Plan) -> Hooks:
         coarsest = plan.num_scales - 1
         image = resize(as_tensor(load_image(ref_path)), plan.out_sizes[coarsest])
-        r = Retarget(coarsest, image)
-        return Hooks(start=_Start(coarsest, steps), init=r.init,
-                     identity={"app": "retarget", "coarsest": list(plan.out_sizes[coarsest])})
+        return Steered(steps, fixed={coarsest: image}).hooks(
+            {"app": "retarget", "coarsest": list(plan.out_sizes[coarsest])})
 
     return build
-
-
-class _Start:
-    """start(s): 0 (fixed) at the coarsest scale, T elsewhere (a picklable callable)."""
-
-    def __init__(self, fixed: int, steps: int) -> None:
-        self.fixed, self.steps = fixed, steps
-
-    def __call__(self, scale: int) -> int:
-        return 0 if scale == self.fixed else self.steps

@@ -7,11 +7,32 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..noise import noise_like
-from ..pyramid import blur, resize
+from ..pyramid import blur, resize, resize_wrap
 from .hooks import Hooks, start_step
 from .schedule import alpha_sigma, reverse_step
 
 Denoiser = Callable[[torch.Tensor, float, float], torch.Tensor]
+
+
+def _periodic(denoise: Denoiser, wrap: tuple[bool, bool]) -> Denoiser:
+    """The denoiser of a periodic image: x circularly padded by more than a patch along the wrapped
+    dimensions, denoised, cropped back; every pixel then sees the patches across the wrap as inside."""
+
+    def periodic(x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        p = getattr(denoise, "p", 15)
+        py, px = (p if wrap[0] else 0), (p if wrap[1] else 0)
+        padded = torch.nn.functional.pad(x[None], (px, px, py, py), mode="circular")[0]
+        return denoise(padded, alpha, sigma)[:, py:py + h, px:px + w]
+
+    return periodic
+
+
+def _wrap_blur(wrap: tuple[bool, bool]) -> Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]:
+    def blur_wrap(x: torch.Tensor, coarse_size: tuple[int, int]) -> torch.Tensor:
+        return resize_wrap(resize_wrap(x, coarse_size, wrap), tuple(x.shape[-2:]), wrap)
+
+    return blur_wrap
 
 
 @torch.no_grad()
@@ -47,7 +68,12 @@ def sample_scale(
     if coarse is not None and hooks is not None and hooks.guide is not None:
         guide = hooks.guide(scale, (0, coarse.shape[-2], 0, coarse.shape[-1]))
         coarse = coarse if guide is None else guide
-    up = None if coarse is None else resize(coarse, tuple(x.shape[-2:]))
+    wrap = (False, False) if hooks is None else hooks.wrap
+    if any(wrap):
+        denoise, blur_, resize_ = _periodic(denoise, wrap), _wrap_blur(wrap), lambda im, size: resize_wrap(im, size, wrap)
+    else:
+        blur_, resize_ = blur, resize
+    up = None if coarse is None else resize_(coarse, tuple(x.shape[-2:]))
     coarse_size = None if coarse is None else tuple(coarse.shape[-2:])
     for t in range(t0, 0, -1):
         alpha, sigma = alpha_sigma(t, steps)
@@ -59,7 +85,7 @@ def sample_scale(
         # Two-scale blend: high frequencies of x_hat, low frequencies of the coarser result.
         x_tilde = x_hat
         if up is not None and (t > 1 or blend_last_step):
-            x_tilde = x_hat - blur(x_hat, coarse_size) + up
+            x_tilde = x_hat - blur_(x_hat, coarse_size) + up
         # Step to t - 1 (Eqs. 4-5), fresh noise keyed by (seed, scale, t - 1).
         need_noise = eta > 0.0 and t > 1
         noise = noise_like(tuple(x.shape), seed=seed, scale=scale, step=t - 1) if need_noise else None

@@ -51,6 +51,12 @@ class Hooks:
     # What the application is and its inputs (fingerprints, parameters): part of a run directory's
     # identity, so a resumed run never mixes two different jobs.
     identity: dict[str, Any] = field(default_factory=dict)
+    # Why these hooks need the whole image at once (None: they work tile by tile); the runner then refuses
+    # the out-of-core pipeline with this reason.
+    in_memory_only: str | None = None
+    # Periodic rows / columns (tileable textures): the denoiser sees the image circularly padded and DOWN/UP
+    # wrap around (`pyramid.resize_wrap`). In memory only.
+    wrap: tuple[bool, bool] = (False, False)
 
     def start_step(self, scale: int, steps: int) -> int:
         t0 = steps if self.start is None else int(self.start(scale))
