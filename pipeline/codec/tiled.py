@@ -46,6 +46,9 @@ Box = tuple[int, int, int, int]
 Reader = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) -> (C, h, w) float32
 
 
+_RF_CACHE: dict[tuple, int] = {}
+
+
 class _Stop(Exception):
     """Raised inside the net once the layer being collected has seen this tile (the rest is not needed)."""
 
@@ -173,7 +176,8 @@ class TiledNet:
     """One half of a VAE (encoder or decoder) run tile by tile with halos and frozen global quantities."""
 
     def __init__(self, module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], *, up: int, down: int,
-                 in_channels: int, device: torch.device, dtype: torch.dtype, name: str) -> None:
+                 in_channels: int, device: torch.device, dtype: torch.dtype, name: str, fingerprint: str = "") -> None:
+        self.fingerprint = fingerprint or str(id(module))
         self.module, self.fn, self.up, self.down = module, fn, up, down
         self.in_channels, self.device, self.dtype, self.name = in_channels, device, dtype, name
         self.state: NetState | None = None
@@ -192,9 +196,13 @@ class TiledNet:
 
     @property
     def receptive_field(self) -> int:
-        """Measured on first use (`measure_receptive_field`), in input cells."""
+        """Measured on first use (`measure_receptive_field`), in input cells; remembered per weights file
+        in this process (a second load of the same VAE does not measure again)."""
         if self._rf is None:
-            self._rf = self.measure_receptive_field()
+            key = (self.fingerprint, self.name, str(self.device), str(self.dtype))
+            if key not in _RF_CACHE:
+                _RF_CACHE[key] = self.measure_receptive_field()
+            self._rf = _RF_CACHE[key]
         return self._rf
 
     @property
@@ -229,7 +237,9 @@ class TiledNet:
         self.max_input = (max(self.max_input[0], h), max(self.max_input[1], w))
         try:
             with torch.no_grad():
-                return self.fn(x[None].to(self.device, self.dtype))[0]
+                # contiguous: a strided view can take another conv algorithm (other rounding) than the
+                # contiguous block a zarr read gives, and tiled == in-memory must hold to the bit
+                return self.fn(x[None].to(self.device, self.dtype).contiguous())[0]
         except _Stop:
             return None
         finally:
@@ -368,11 +378,12 @@ class TiledNet:
             box = (0, side, 0, side)
             y0 = self.run_box(read, size, box, state, halo=0)
             c = (n // 2) * self.down + self.down // 2
-            bumped = base.clone()
-            bumped[:, c, c] += 1.0
-            read1 = lambda y0, y1, x0, x1, b=bumped: b[:, y0:y1, x0:x1]  # noqa: E731
-            y1 = self.run_box(read1, size, box, state, halo=0)
-            diff = (y1 - y0).abs().amax(0)
+            diff = torch.zeros(())
+            for bump in (1.0, -1.0):  # both signs: a ReLU may pass one and not the other
+                bumped = base.clone()
+                bumped[:, c, c] += bump
+                read1 = lambda y0, y1, x0, x1, b=bumped: b[:, y0:y1, x0:x1]  # noqa: E731
+                diff = torch.maximum(diff, (self.run_box(read1, size, box, state, halo=0) - y0).abs().amax(0))
             tol = max(1e-9, 1e-7 * float(diff.max()))
             rows = torch.nonzero(diff.amax(1) > tol).flatten().tolist()
             cols = torch.nonzero(diff.amax(0) > tol).flatten().tolist()
@@ -420,9 +431,11 @@ class TiledCodec:
         self.codec = codec
         f = codec.factor
         self.decoder = TiledNet(codec.decoder, lambda z: codec.decode_net(z), up=f, down=1,
-                                in_channels=codec.latent_channels, device=codec.device, dtype=codec.dtype, name="decoder")
+                                in_channels=codec.latent_channels, device=codec.device, dtype=codec.dtype, name="decoder",
+                                fingerprint=codec.fingerprint)
         self.encoder = TiledNet(codec.encoder, lambda x: codec.encode_net(x), up=1, down=f,
-                                in_channels=3, device=codec.device, dtype=codec.dtype, name="encoder")
+                                in_channels=3, device=codec.device, dtype=codec.dtype, name="encoder",
+                                fingerprint=codec.fingerprint)
 
     def decode_state(self, z: torch.Tensor, *, stats_tile: int = 64, max_stat_tiles: int = 64,
                      max_tokens: int = 16384) -> NetState:
