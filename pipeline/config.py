@@ -65,8 +65,9 @@ class Config:
     # Latent mode (sidpipe.codec; README "Latent mode").
     codec: str = "pixel"          # pixel | vae: sample a VAE's latents (needs --vae), decode in tiles
     vae_tile: int = 64            # encode/decode tile side in latent px (8x that in output px)
-    vae_stats_tile: int = 64      # GroupNorm statistics tiles (latent px): a fixed grid, whatever vae_tile is
-    vae_stats_tiles: int = 64     # exact statistics over at most this many statistics tiles, else a stratified sample
+    vae_stats_tile: int = 128     # GroupNorm statistics tiles (latent px): a fixed grid, whatever vae_tile is;
+                                  # a latent within one such tile gets exact statistics in one plain pass
+    vae_stats_tiles: int = 16     # exact statistics over at most this many statistics tiles, else a stratified sample
     vae_attention_tokens: int = 16384  # exact global mid-block attention up to this many latent px, else strided keys
     # Output.
     seed: int = 0                 # sample k uses seed + k

@@ -256,11 +256,12 @@ def read_tiff(path: Path):
     return np.asarray(tifffile.imread(path))
 
 
-def test_latent_run_tiled_equals_in_memory_and_bigtiff_reads_back(tmp_path, small_ref, vae_dirs):
+@pytest.mark.parametrize("vae", ["tae", pytest.param("kl", marks=pytest.mark.slow)])
+def test_latent_run_tiled_equals_in_memory_and_bigtiff_reads_back(tmp_path, small_ref, vae_dirs, vae):
     import numpy as np
     import pyvips
 
-    common = [str(small_ref), "--vae", str(vae_dirs["kl"]), "--size", "300x180", "--seed", "4", *LATENT_QUICK]
+    common = [str(small_ref), "--vae", str(vae_dirs[vae]), "--size", "300x180", "--seed", "4", *LATENT_QUICK]
     mem, ooc = tmp_path / "mem.tif", tmp_path / "ooc.tif"
     res = runner.invoke(app, ["run", *common, "--out", str(mem)])
     assert res.exit_code == 0, res.output

@@ -437,7 +437,7 @@ class TiledCodec:
                                 in_channels=3, device=codec.device, dtype=codec.dtype, name="encoder",
                                 fingerprint=codec.fingerprint)
 
-    def decode_state(self, z: torch.Tensor, *, stats_tile: int = 64, max_stat_tiles: int = 64,
+    def decode_state(self, z: torch.Tensor, *, stats_tile: int = 128, max_stat_tiles: int = 16,
                      max_tokens: int = 16384) -> NetState:
         """The decoder's frozen global quantities for latents z (C, h, w)."""
         read = lambda y0, y1, x0, x1: z[:, y0:y1, x0:x1]  # noqa: E731
@@ -445,7 +445,7 @@ class TiledCodec:
                                     max_tokens=max_tokens)
 
     # Whole images in memory (vae-check, the in-memory sampler); the streamed versions are in stream.py.
-    def decode(self, z: torch.Tensor, *, tile: int = 64, stats_tile: int = 64, max_stat_tiles: int = 64,
+    def decode(self, z: torch.Tensor, *, tile: int = 64, stats_tile: int = 128, max_stat_tiles: int = 16,
                max_tokens: int = 16384, state: NetState | None = None, halo: int | None = None) -> torch.Tensor:
         """Scaled latents (C, h, w) -> pixels (3, f*h, f*w) in [-1, 1], tile by tile."""
         size = tuple(z.shape[-2:])
@@ -461,7 +461,7 @@ class TiledCodec:
                     self.decoder.run_box(read, size, box, state, halo).clamp(-1, 1).cpu()
         return out
 
-    def encode(self, x: torch.Tensor, *, tile: int = 64, stats_tile: int = 64, max_stat_tiles: int = 64,
+    def encode(self, x: torch.Tensor, *, tile: int = 64, stats_tile: int = 128, max_stat_tiles: int = 16,
                max_tokens: int = 16384) -> torch.Tensor:
         """Pixels (3, H, W) in [-1, 1] (H, W multiples of the factor) -> scaled latents (C, H/f, W/f)."""
         f = self.codec.factor
