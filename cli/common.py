@@ -26,6 +26,7 @@ from sidpipe.errors import Interrupted, SidpipeError
 from sidpipe.io.units import parse_size as parse_print_size
 
 from . import fail
+from .options import Codec, VaeConfig, VaePath
 from .progress import Reporter
 
 # --size, for the commands that take one (run, retarget, outpaint).
@@ -45,6 +46,9 @@ def _shared(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set key=value (repeatable).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda")] = None,
     index: Annotated[Optional[str], typer.Option(help="Nearest-neighbour search: auto | exact | ivf")] = None,
+    codec: Codec = None,
+    vae: VaePath = None,
+    vae_config: VaeConfig = None,
     tile_size: Annotated[int, typer.Option("--tile-size", help="Compute tile side (px) of the out-of-core pipeline; "
                                            "outputs larger than one tile run out of core.")] = 1024,
     workers: Annotated[int, typer.Option(help="Tiles computed at once (0 = one per core).")] = 0,
@@ -93,6 +97,9 @@ class SharedOptions:
     set_: Optional[list[str]]
     device: Optional[str]
     index: Optional[str]
+    codec: Optional[str]
+    vae: Optional[Path]
+    vae_config: Optional[str]
     tile_size: int
     workers: int
     scheduler: str
@@ -119,7 +126,7 @@ class SharedOptions:
         """The job's config (preset, then --set, then the flags, then --size) and --size's unit."""
         overrides, _ = split_overrides(parse_set(self.set_ or []))
         flags = {"seed": self.seed, "samples": self.samples, "steps": self.steps, "eta": self.eta,
-                 "patch_size": self.patch_size, "device": self.device, "index": self.index}
+                 "patch_size": self.patch_size, "device": self.device, "index": self.index, "codec": self.codec}
         overrides.update({k: v for k, v in flags.items() if v is not None})
         size_unit = None
         if size is not None:
@@ -145,7 +152,8 @@ class SharedOptions:
                           overwrite=self.overwrite, compression=self.compression, bit_depth=self.bit_depth,
                           dpi=self.dpi, output_profile=self.output_profile, intent=self.intent, bpc=self.bpc,
                           bigtiff=self.bigtiff, pyramid=not self.no_pyramid, proof=self.proof,
-                          gamut_warning=self.gamut_warning, size_unit=size_unit)
+                          gamut_warning=self.gamut_warning, size_unit=size_unit, vae=self.vae,
+                          vae_config=self.vae_config)
 
 
 def shared_options(preset: str = "default") -> Callable[[Callable], Callable]:

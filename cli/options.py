@@ -13,3 +13,5 @@ VaePath = Annotated[Optional[Path], typer.Option(
 VaeConfig = Annotated[Optional[str], typer.Option(
     "--vae-config", help="Config of a single .safetensors VAE file: a shipped one (flux, sd, sdxl, taef1, taesd) "
                          "or a folder with config.json.")]
+Codec = Annotated[Optional[str], typer.Option(
+    "--codec", help="pixel (default: sample the pixels) | vae (sample a VAE's latents, decode in tiles; needs --vae)")]

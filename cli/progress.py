@@ -29,6 +29,8 @@ class Reporter:
             typer.echo(plan.describe(), err=True)
             if info.get("output"):
                 typer.echo(info["output"], err=True)
+            if info.get("codec"):
+                typer.echo(info["codec"], err=True)
             total = info["samples"] * plan.num_scales * info["steps"]
             if info.get("tiled"):
                 typer.echo(tiled_summary(plan, info["tile"], info["channels"], info["steps"],

@@ -62,6 +62,13 @@ class Config:
     dataset_stride: int = 1       # index every s-th reference patch (IVF only)
     device: str = "auto"          # auto | cpu | cuda
     query_block: int = 32         # queries are batched in fixed blocks of query_block^2 patch positions
+    # Latent mode (sidpipe.codec; README "Latent mode").
+    codec: str = "pixel"          # pixel | vae: sample a VAE's latents (needs --vae), decode in tiles
+    vae_tile: int = 64            # encode/decode tile side in latent px (8x that in output px)
+    vae_stats_tile: int = 128     # GroupNorm statistics tiles (latent px): a fixed grid, whatever vae_tile is;
+                                  # a latent within one such tile gets exact statistics in one plain pass
+    vae_stats_tiles: int = 16     # exact statistics over at most this many statistics tiles, else a stratified sample
+    vae_attention_tokens: int = 16384  # exact global mid-block attention up to this many latent px, else strided keys
     # Output.
     seed: int = 0                 # sample k uses seed + k
     samples: int = 1
@@ -94,6 +101,10 @@ class Config:
         _check(self.dataset_stride >= 1, "dataset_stride must be >= 1")
         _check(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
         _check(self.query_block >= 1, "query_block must be >= 1")
+        _check(self.codec in ("pixel", "vae"), "codec must be pixel or vae")
+        _check(self.vae_tile >= 8 and self.vae_stats_tile >= 8, "vae_tile and vae_stats_tile must be >= 8 (latent px)")
+        _check(self.vae_stats_tiles >= 1 and self.vae_attention_tokens >= 1,
+               "vae_stats_tiles and vae_attention_tokens must be >= 1")
         _check(self.samples >= 1, "samples must be >= 1")
         _check(self.seed >= 0, "seed must be >= 0")
         _check(self.width >= 0 and self.height >= 0, "width and height must be >= 0")

@@ -44,11 +44,13 @@ def generate(
     progress: Progress | None = None,
     plan: Plan | None = None,
     hooks: Hooks | None = None,
+    clamp: bool = True,
 ) -> list[np.ndarray]:
     """Generate cfg.samples images (C, H, W) float32 in [-1, 1] from a reference (C, H, W) in [-1, 1].
 
     Sample k uses seed cfg.seed + k, so sample k is the same whatever cfg.samples is. hooks: an
-    application's (`sample.hooks.Hooks`); None = unconditional sampling.
+    application's (`sample.hooks.Hooks`); None = unconditional sampling. clamp=False leaves the result
+    unclamped (latents are not bounded by [-1, 1]).
     """
     ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))
     plan = plan or make_plan(cfg, tuple(ref.shape[-2:]), ref.shape[0])
@@ -63,7 +65,7 @@ def generate(
             denoisers, plan.out_sizes, channels=ref.shape[0], steps=cfg.steps, eta=cfg.eta,
             seed=cfg.seed + k, blend_last_step=cfg.blend_last_step, callback=callback, hooks=hooks,
         )
-        results.append(x.clamp(-1.0, 1.0).cpu().numpy())
+        results.append((x.clamp(-1.0, 1.0) if clamp else x).cpu().numpy())
     return results
 
 
@@ -96,6 +98,8 @@ class RunOptions:
     proof: Path | None = None        # soft-proof JPEG through the output profile
     gamut_warning: bool = False      # mark out-of-gamut pixels in the proof
     size_unit: str | None = None     # the unit --size was given in (shown on the plan line)
+    vae: Path | None = None          # --codec vae: the VAE's folder or .safetensors file (sidpipe.codec.vae)
+    vae_config: str | None = None    # its config when vae is a single file: a shipped name or a folder
 
     def __post_init__(self) -> None:
         if self.tile_size < 64 or self.tile_size % 16:
@@ -151,6 +155,63 @@ def _on_sigterm(signum, frame) -> None:
     raise Interrupted(STOPPED_BY["signal"])
 
 
+@dataclass(frozen=True)
+class Latent:
+    """A latent-mode run (`cfg.codec == "vae"`): the tiled VAE, the reference's crop to whole latent
+    pixels (y0, y1, x0, x1, centred), the requested output size in pixels, and the config in latent
+    units (width/height = the output's latent size, ceil(pixels / factor); decoded, then cropped)."""
+
+    tiled: object                     # sidpipe.codec.tiled.TiledCodec
+    crop: tuple[int, int, int, int]
+    out_px: tuple[int, int]
+    cfg: Config
+
+    @property
+    def channels(self) -> int:
+        return self.tiled.codec.latent_channels
+
+    def sample(self, k: int) -> Latent:
+        return Latent(self.tiled, self.crop, self.out_px, self.cfg.replace(seed=self.cfg.seed + k, samples=1))
+
+    def sample_tile(self, tile_size: int) -> int:
+        """The sampler's tile in latent px for `--tile-size` px: tile_size / factor, rounded up to whole
+        query blocks (a tile must be a union of the fixed query blocks for tiled == in memory)."""
+        b = self.cfg.query_block
+        return max(b, -(-(tile_size // self.tiled.codec.factor) // b) * b)
+
+    def coding(self, what: str) -> dict:
+        """Tile settings of the encoder or decoder (`TiledCodec.encode`/`decode` keyword arguments)."""
+        c = self.cfg
+        return {"tile": c.vae_tile, "stats_tile": c.vae_stats_tile, "max_stat_tiles": c.vae_stats_tiles,
+                "max_tokens": c.vae_attention_tokens}
+
+
+def latent_setup(cfg: Config, options: RunOptions, ref_hw: tuple[int, int]) -> Latent | None:
+    """Load the VAE of a `--codec vae` run (None for a pixel run); bad VAE inputs raise before any work."""
+    if cfg.codec != "vae":
+        if options.vae is not None or options.vae_config is not None:
+            raise ConfigError("--vae/--vae-config are for --codec vae (or --preset latent / gigapixel)")
+        return None
+    if options.vae is None:
+        raise ConfigError("--codec vae needs --vae PATH (a diffusers VAE folder, or a .safetensors file with "
+                          "--vae-config); see README 'Latent mode'")
+    from .codec import load_vae
+    from .codec.tiled import TiledCodec
+    from .devices import resolve_device
+
+    codec = load_vae(options.vae, options.vae_config, resolve_device(cfg.device))
+    f = codec.factor
+    h, w = ref_hw
+    ch, cw = h // f * f, w // f * f
+    if min(ch, cw) < f:
+        raise ConfigError(f"reference {w}x{h} is smaller than one latent pixel ({f} px)")
+    crop = ((h - ch) // 2, (h - ch) // 2 + ch, (w - cw) // 2, (w - cw) // 2 + cw)
+    out_w = cfg.width or (w if not cfg.height else round(w * cfg.height / h))
+    out_h = cfg.height or (h if not cfg.width else round(h * cfg.width / w))
+    lat_cfg = cfg.replace(width=-(-out_w // f), height=-(-out_h // f))
+    return Latent(TiledCodec(codec), crop, (out_h, out_w), lat_cfg)
+
+
 def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None = None,
         options: RunOptions | None = None, make_hooks: Callable[[Plan], Hooks] | None = None) -> list[Path]:
     """Read the reference, generate cfg.samples images and write them; returns the written paths.
@@ -162,9 +223,19 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     started = time.perf_counter()
     with open_image(input_path) as image:  # header only: the shape (and a clear error for a bad file)
         channels, height, width = image.shape
-    plan = make_plan(cfg, (height, width), channels)
+    latent = latent_setup(cfg, options, (height, width))
+    if latent is None:
+        plan = make_plan(cfg, (height, width), channels)
+        oh, ow = plan.out_sizes[0]
+        out_channels = channels
+    else:
+        if make_hooks is not None:
+            raise ConfigError("the applications run in pixel space; --codec vae is for `sidpipe run`")
+        y0, y1, x0, x1 = latent.crop
+        f = latent.tiled.codec.factor
+        plan = make_plan(latent.cfg, ((y1 - y0) // f, (x1 - x0) // f), latent.channels)
+        (oh, ow), out_channels = latent.out_px, 3
     hooks = None if make_hooks is None else make_hooks(plan)
-    oh, ow = plan.out_sizes[0]
     tiled = options.out_of_core
     if tiled is None:
         tiled = (oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
@@ -175,13 +246,19 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
                           "--workdir or .zarr output); raise --tile-size or write a smaller output")
     if not tiled and out.suffix.lower() == ".zarr":
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
-    spec, output_line = options.output_spec(input_path, out, (oh, ow), channels)
+    spec, output_line = options.output_spec(input_path, out, (oh, ow), out_channels)
     if progress is not None:
-        progress({"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
-                  "tiled": tiled, "tile": options.tile_size, "channels": channels,
-                  "workers": options.jobs if options.cluster is not None else options.workers or torch.get_num_threads(),
-                  "scheduler": "slurm" if options.cluster is not None else options.scheduler,
-                  "output": output_line})
+        event = {"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
+                 "tiled": tiled, "tile": options.tile_size if latent is None else latent.sample_tile(options.tile_size),
+                 "channels": channels if latent is None else latent.channels,
+                 "workers": options.jobs if options.cluster is not None else options.workers or torch.get_num_threads(),
+                 "scheduler": "slurm" if options.cluster is not None else options.scheduler,
+                 "output": output_line}
+        if latent is not None:
+            dec = latent.tiled.decoder
+            event["codec"] = (f"codec: {latent.tiled.codec.describe()}; decoder receptive field {dec.receptive_field} "
+                              f"latent px (measured), decode tiles {latent.cfg.vae_tile} + halo {dec.halo}")
+        progress(event)
     paths = output_paths(out, cfg.samples)
     if tiled:
         STOP.clear()
@@ -191,49 +268,86 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         try:
             for k, path in enumerate(paths):
                 run_out_of_core(input_path, None, path, cfg.replace(seed=cfg.seed + k, samples=1), plan,
-                                options, progress=progress, spec=spec, hooks=hooks)
+                                options, progress=progress, spec=spec, hooks=hooks,
+                                latent=None if latent is None else latent.sample(k))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    else:
+    elif latent is None:
         images = generate(load_image(input_path), cfg, progress=progress, plan=plan, hooks=hooks)
         for path, image in zip(paths, images):
+            write_result(ArrayRegions(image), path, spec, zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
+    else:
+        for path, image in zip(paths, generate_latent(input_path, latent, plan, progress=progress)):
             write_result(ArrayRegions(image), path, spec, zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
     if progress is not None:
         progress({"event": "done", "paths": paths, "seconds": time.perf_counter() - started})
     return paths
 
 
+def generate_latent(input_path: Path, latent: Latent, plan: Plan, *, progress: Progress | None = None) -> list[np.ndarray]:
+    """In memory: encode the reference in tiles, sample latents, decode each in tiles; (3, H, W) in [-1, 1]."""
+    y0, y1, x0, x1 = latent.crop
+    x = torch.from_numpy(load_image(input_path)[:, y0:y1, x0:x1])
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    tc = latent.tiled
+    z_ref = tc.encode(x.contiguous(), **latent.coding("encode"))
+    images = generate(z_ref.numpy(), latent.cfg, progress=progress, plan=plan, clamp=False)
+    oh, ow = latent.out_px
+    return [tc.decode(torch.from_numpy(z), **latent.coding("decode"))[:, :oh, :ow].numpy() for z in images]
+
+
 def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, cfg: Config, plan: Plan,
                     options: RunOptions, *, progress: Progress | None = None, spec: OutputSpec | None = None,
-                    hooks: Hooks | None = None) -> Path:
+                    hooks: Hooks | None = None, latent: Latent | None = None) -> Path:
     """One sample through the run directory: reference pyramid and indexes on disk, tiled sampling over
     zarr, streamed output. Resumes whatever a previous, interrupted run of the same job had finished.
 
     reference: the image already in memory (C, H, W), or None to read input_path region by region
     (`open_image`) while the reference pyramid is written, never holding it whole. spec: the checked
     output spec (default: `RunOptions.output_spec` of this output). hooks: an application's (its
-    `identity` joins the run directory's)."""
+    `identity` joins the run directory's). latent: a latent-mode run (see `Latent`; sidpipe.codec.stream):
+    the reference is encoded in tiles, sampled in latent space, and the result decoded in tiles before
+    it is written."""
     run_dir = options.workdir or out.with_name(out.name + ".sidpipe")
     identity = {"config": cfg.to_dict(), "input": fingerprint(input_path), "output_size": list(plan.out_sizes[0])}
     if hooks is not None:
         identity["app"] = hooks.identity
+    sample_cfg = cfg
+    if latent is not None:
+        from .codec.stream import check_latent_channels
+
+        check_latent_channels(run_dir, latent.channels, options.overwrite)
+        codec = latent.tiled.codec
+        identity["vae"] = {"kind": codec.kind, "latent_channels": codec.latent_channels, "weights": codec.fingerprint}
+        identity["output_pixels"] = list(latent.out_px)
+        sample_cfg = latent.cfg
     run = None
     try:
         with open_image(input_path) if reference is None else nullcontext(reference) as source:
-            channels = source.shape[0]
+            channels = source.shape[0] if latent is None else latent.channels
             extra = {
                 "plan": {"ref_sizes": plan.ref_sizes, "out_sizes": plan.out_sizes, "device": plan.device.type,
                          "precision": plan.precision, "indexes": plan.indexes, "patches": plan.patches},
-                "layout": {"tile": options.tile_size, "channels": channels},
+                "layout": {"tile": options.tile_size if latent is None else latent.sample_tile(options.tile_size),
+                           "channels": channels},
                 "versions": {"sidpipe": __version__, "torch": torch.__version__, "zarr": zarr.__version__},
             }
             # Locked until the end (or this process's death): one driver per run directory.
             run = RunDir.open(run_dir, identity, extra, overwrite=options.overwrite)
             if not run.done("reference"):
-                write_reference_pyramid(source, plan.ref_sizes, run.reference(), chunk=1024, progress=progress)
+                if latent is None:
+                    write_reference_pyramid(source, plan.ref_sizes, run.reference(), chunk=1024, progress=progress)
+                else:
+                    from .codec.stream import ArraySource, check_stop_flag, encode_reference
+
+                    coded = encode_reference(run, source, latent.tiled, crop=latent.crop, stop=check_stop_flag(STOP),
+                                             progress=progress, **latent.coding("encode"))
+                    write_reference_pyramid(ArraySource(coded), plan.ref_sizes, run.reference(), chunk=1024,
+                                            progress=progress)
                 run.mark("reference")
-        _drive(run, input_path, out, cfg, plan, options, channels, progress, spec, hooks)
+        _drive(run, input_path, out, sample_cfg, plan, options, channels, progress, spec, hooks, latent)
     except Exception as exc:
         full = disk_full(exc)
         if full is not None:
@@ -246,7 +360,8 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
 
 
 def _drive(run: RunDir, input_path: Path, out: Path, cfg: Config, plan: Plan, options: RunOptions,
-           channels: int, progress: Progress | None, spec: OutputSpec | None, hooks: Hooks | None) -> None:
+           channels: int, progress: Progress | None, spec: OutputSpec | None, hooks: Hooks | None,
+           latent: Latent | None = None) -> None:
     """Indexes, tiled sampling and the output of `run_out_of_core`, once the run directory is open and locked."""
     tile = run.manifest()["layout"]["tile"]  # a resumed run keeps the tiling its arrays were made with
     for s, kind in enumerate(plan.indexes):
@@ -275,19 +390,30 @@ def _drive(run: RunDir, input_path: Path, out: Path, cfg: Config, plan: Plan, op
         release(str(run.path))
         torch.set_num_threads(cores)
         set_threads(cores)
-    if spec is None:
-        spec, _ = options.output_spec(input_path, out, plan.out_sizes[0], channels)
-    write_output(run, out, spec, progress=progress)
+    if latent is None:
+        if spec is None:
+            spec, _ = options.output_spec(input_path, out, plan.out_sizes[0], channels)
+        write_output(run, out, spec, progress=progress)
+    else:
+        from .codec.stream import check_stop_flag, decode_result
+
+        decoded = decode_result(run, run.state()["s0/x0"], latent.tiled, out_size=latent.out_px,
+                                stop=check_stop_flag(STOP), progress=progress, **latent.coding("decode"))
+        if spec is None:
+            spec, _ = options.output_spec(input_path, out, latent.out_px, 3)
+        write_output(run, out, spec, progress=progress, source=ZarrSource(decoded))
     if not options.keep_workdir:
         shutil.rmtree(run.path, ignore_errors=True)
 
 
-def write_output(run: RunDir, out: Path, spec: OutputSpec, *, progress: Progress | None = None) -> None:
-    """Stream x_{0,0} from the run's state into the output file (TIFF, OME-Zarr, or PNG/JPEG) as `spec` says."""
+def write_output(run: RunDir, out: Path, spec: OutputSpec, *, progress: Progress | None = None,
+                 source: ZarrSource | None = None) -> None:
+    """Stream x_{0,0} from the run's state (or `source`: a latent run's decoded image) into the output file
+    (TIFF, OME-Zarr, or PNG/JPEG) as `spec` says."""
 
     def report(done: int, total: int) -> None:
         if progress is not None:
             progress({"event": "write", "done": done, "total": total})
 
-    write_result(ZarrSource(run.state()["s0/x0"]), out, spec, zarr.open_group(run.path / "levels.zarr", mode="w"),
+    write_result(source or ZarrSource(run.state()["s0/x0"]), out, spec, zarr.open_group(run.path / "levels.zarr", mode="w"),
                  progress=report)

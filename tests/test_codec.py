@@ -230,3 +230,134 @@ def test_stratified_statistics_tiles():
     rows = {b[0] for b in sample}
     cols = {b[2] for b in sample}
     assert len(rows) >= 3 and len(cols) >= 2  # spread over the image, not one corner
+
+
+# Latent sampling through `sidpipe run` ------------------------------------------------------------------
+
+# The latent preset (p = 7, rho = inf, eta = 1) at the automatic precision; 32-latent-px sampling tiles
+# (--tile-size 256); decode tiles and statistics tiles of 16 latent px (several of each).
+LATENT_QUICK = ["--preset", "latent", "--steps", "2", "--set", "num_scales=2", "--set", "vae_tile=16",
+                "--set", "vae_stats_tile=16", "--bit-depth", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def small_ref(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("ref") / "ref.png"
+    Image.open(BALLOONS).convert("RGB").resize((164, 124)).save(path)  # not a multiple of 8: centre crop
+    return path
+
+
+def read_tiff(path: Path):
+    import numpy as np
+    import tifffile
+
+    return np.asarray(tifffile.imread(path))
+
+
+@pytest.mark.parametrize("vae", ["tae", pytest.param("kl", marks=pytest.mark.slow)])
+def test_latent_run_tiled_equals_in_memory_and_bigtiff_reads_back(tmp_path, small_ref, vae_dirs, vae):
+    import numpy as np
+    import pyvips
+
+    common = [str(small_ref), "--vae", str(vae_dirs[vae]), "--size", "300x180", "--seed", "4", *LATENT_QUICK]
+    mem, ooc = tmp_path / "mem.tif", tmp_path / "ooc.tif"
+    res = runner.invoke(app, ["run", *common, "--out", str(mem)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["run", *common, "--out", str(ooc), "--workdir", str(tmp_path / "wd"), "--tile-size", "256",
+                              "--bigtiff", "always"])
+    assert res.exit_code == 0, res.output
+    a, b = read_tiff(mem), read_tiff(ooc)
+    assert a.shape == (180, 300, 3) and a.dtype == np.uint16
+    assert np.array_equal(a, b)  # tiled sampling, streamed decode == in memory, bit for bit
+    assert a.std() > 100  # not a constant image (random weights: noise, not a result)
+    import tifffile
+
+    with tifffile.TiffFile(ooc) as tif:
+        assert tif.is_bigtiff
+    image = pyvips.Image.new_from_file(str(ooc), fail_on="warning")
+    assert (image.width, image.height, image.bands) == (300, 180, 3)
+    assert np.array_equal(np.ndarray(buffer=image.write_to_memory(), dtype=np.uint16, shape=(180, 300, 3)), b)
+    assert not (tmp_path / "wd").exists()  # finished: the run directory is removed
+
+
+@pytest.mark.slow
+def test_kill_during_decode_then_resume_equals_uninterrupted(tmp_path, small_ref, vae_dirs):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    def cmd(out: Path, workdir: Path) -> list[str]:
+        return [sys.executable, "-m", "sidpipe.cli", "run", str(small_ref), "--vae", str(vae_dirs["kl"]),
+                "--size", "320x240", "--out", str(out), "--workdir", str(workdir), "--tile-size", "256",
+                *LATENT_QUICK]
+
+    whole = tmp_path / "whole.tif"
+    subprocess.run(cmd(whole, tmp_path / "w0"), check=True, capture_output=True, timeout=600)
+    out, wd = tmp_path / "killed.tif", tmp_path / "w1"
+    proc = subprocess.Popen(cmd(out, wd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    decode_markers = wd / "markers" / "decode"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if decode_markers.exists() and len(list(decode_markers.iterdir())) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed mid-decode"
+    assert not out.exists() and not (wd / "markers" / "decode.done").exists()
+    done_before = len(list(decode_markers.iterdir()))
+    assert 2 <= done_before < 30 * 40 // 64  # killed between the first and the last decode tile
+    subprocess.run(cmd(out, wd), check=True, capture_output=True, timeout=600)
+    assert np.array_equal(read_tiff(out), read_tiff(whole))
+
+
+def test_run_bad_inputs_fail_cleanly(tmp_path, small_ref, vae_dirs):
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    four = tmp_path / "tae4"
+    AutoencoderTiny(latent_channels=4, encoder_block_out_channels=(8,) * 4,
+                    decoder_block_out_channels=(8,) * 4).save_pretrained(four)
+    base = [str(small_ref), "--preset", "latent", "--steps", "1", "--set", "num_scales=1", "--quiet"]
+    cases = {name: (["--codec", "vae", *args], needle) for name, (args, needle) in _bad_inputs(tmp_path, vae_dirs).items()}
+    cases["no --vae"] = (["--codec", "vae"], "needs --vae")
+    cases["--vae with the pixel codec"] = (["--codec", "pixel", "--vae", str(vae_dirs["kl"])], "for --codec vae")
+    for name, (args, needle) in cases.items():
+        out = tmp_path / "out.tif"
+        res = runner.invoke(app, ["run", *base, *args, "--out", str(out)])
+        assert res.exit_code == 1, (name, res.output)
+        assert res.exception is None or isinstance(res.exception, SystemExit), (name, res.exception)
+        assert needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, (name, res.stderr)
+        assert not out.exists() and not (tmp_path / "out.tif.sidpipe").exists(), name
+    # a run directory of 16-channel latents resumed with a 4-channel VAE
+    wd = tmp_path / "wd"
+    res = runner.invoke(app, ["run", *base, "--codec", "vae", "--vae", str(vae_dirs["tae"]), "--out",
+                              str(tmp_path / "a.tif"), "--workdir", str(wd), "--keep-workdir"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["run", *base, "--codec", "vae", "--vae", str(four), "--out", str(tmp_path / "b.tif"),
+                              "--workdir", str(wd)])
+    assert res.exit_code == 1 and "16-channel latents but this VAE has 4" in res.stderr, res.output
+    assert not (tmp_path / "b.tif").exists()
+
+
+def test_statistics_pass_checkpoints_change_nothing(tiled_kl):
+    """The statistics pass resumes each round after the last finished block of every tile; without that
+    cache (every round from the input) the frozen statistics and keys/values are the same, bit for bit."""
+    net = tiled_kl.decoder
+    z = latent(20, 16, seed=6)
+    cached = tiled_kl.decode_state(z, stats_tile=8)
+    budget, net.cache_bytes = net.cache_bytes, 0
+    try:
+        plain = tiled_kl.decode_state(z, stats_tile=8)
+    finally:
+        net.cache_bytes = budget
+    assert set(cached.stats) == set(plain.stats) == set(net.norms)
+    assert all(torch.equal(cached.stats[k][0], plain.stats[k][0]) and torch.equal(cached.stats[k][1], plain.stats[k][1])
+               for k in net.norms)
+    assert set(cached.kv) == set(plain.kv) and all(torch.equal(cached.kv[k], plain.kv[k]) for k in plain.kv)

@@ -13,7 +13,10 @@ equals the whole-image computation on its core (up to float rounding, ~1e-6).
   every statistics tile up to the first GroupNorm without statistics, sums x and x^2 (float64) over
   the tile's *core* only, then freezes that layer's mean and variance; the next round goes one layer
   further. Statistics tiles have their own fixed grid (`stats_tile` input cells), independent of the
-  decode tile, so the result does not depend on the decode tiling. Exact when the grid has at most
+  decode tile, so the result does not depend on the decode tiling. Each tile keeps the output of its
+  last finished block (`Checkpoint`: conv_in, resnets, attention, up/downsamplers; up to `cache_bytes`
+  in all), so a round resumes there instead of re-running the tile from its input: the pass costs about
+  one decode of the statistics tiles plus a re-run of one block per GroupNorm. Exact when the grid has at most
   `max_stat_tiles` tiles; above that a stratified sample of `max_stat_tiles` tiles (the image cut into
   that many near-equal strata, the centre tile of each), which every decode tile then shares: no
   tile-to-tile tone steps, only a small global offset against an (infeasible) whole decode.
@@ -44,6 +47,9 @@ from .vae import VAECodec
 
 Box = tuple[int, int, int, int]
 Reader = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) -> (C, h, w) float32
+
+
+_RF_CACHE: dict[tuple, int] = {}
 
 
 class _Stop(Exception):
@@ -125,6 +131,19 @@ class StatNorm(torch.nn.Module):
         return y
 
 
+class Checkpoint(torch.nn.Module):
+    """A block of the net (conv_in, a resnet, the attention, an up/downsampler) whose output the statistics
+    pass keeps per statistics tile, so that the next round resumes after it instead of from the input."""
+
+    def __init__(self, inner: torch.nn.Module, owner: TiledNet) -> None:
+        super().__init__()
+        self.inner = inner
+        object.__setattr__(self, "_owner", owner)
+
+    def forward(self, *args, **kwargs):
+        return self._owner.checkpoint(self.inner, args, kwargs)
+
+
 class GlobalAttention:
     """Attention processor for a VAE mid-block: the tile's queries against global keys/values."""
 
@@ -173,12 +192,18 @@ class TiledNet:
     """One half of a VAE (encoder or decoder) run tile by tile with halos and frozen global quantities."""
 
     def __init__(self, module: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], *, up: int, down: int,
-                 in_channels: int, device: torch.device, dtype: torch.dtype, name: str) -> None:
+                 in_channels: int, device: torch.device, dtype: torch.dtype, name: str, fingerprint: str = "") -> None:
+        self.fingerprint = fingerprint or str(id(module))
         self.module, self.fn, self.up, self.down = module, fn, up, down
         self.in_channels, self.device, self.dtype, self.name = in_channels, device, dtype, name
         self.state: NetState | None = None
         self.collecting = False
         self.capture: NetState | None = None
+        self.cache_bytes = 2 << 30      # statistics pass: kept activations (one per statistics tile) at most
+        self._cache: dict[int, tuple[int, torch.Tensor]] = {}
+        self._cached = 0
+        self._ck = 0
+        self._tile_id: int | None = None
         self.max_input: tuple[int, int] = (0, 0)   # largest (h, w) ever fed to the net (input cells)
         self._tile: _Tile | None = None
         self._acc: dict[str, list] = {}
@@ -186,15 +211,20 @@ class TiledNet:
         self._stride = 1
         self._full = (0, 0)
         self.norms: list[str] = []
+        self._modules_by_key: dict[str, torch.nn.Module] = {}
         self.attentions: list[str] = []
         self._install()
         self._rf: int | None = None
 
     @property
     def receptive_field(self) -> int:
-        """Measured on first use (`measure_receptive_field`), in input cells."""
+        """Measured on first use (`measure_receptive_field`), in input cells; remembered per weights file
+        in this process (a second load of the same VAE does not measure again)."""
         if self._rf is None:
-            self._rf = self.measure_receptive_field()
+            key = (self.fingerprint, self.name, str(self.device), str(self.dtype))
+            if key not in _RF_CACHE:
+                _RF_CACHE[key] = self.measure_receptive_field()
+            self._rf = _RF_CACHE[key]
         return self._rf
 
     @property
@@ -210,12 +240,41 @@ class TiledNet:
             for child_name, child in list(mod.named_children()):
                 full = f"{name}.{child_name}" if name else child_name
                 if isinstance(child, torch.nn.GroupNorm):
-                    setattr(mod, child_name, StatNorm(child, self, full))
+                    wrapped = StatNorm(child, self, full)
+                    setattr(mod, child_name, wrapped)
                     self.norms.append(full)
+                    self._modules_by_key[full] = wrapped
         for name, mod in self.module.named_modules():
             if isinstance(mod, Attention):
                 mod.set_processor(GlobalAttention(self, name, AttnProcessor2_0()))
                 self.attentions.append(name)
+                self._modules_by_key[name] = mod
+        if self.norms:  # checkpoints in the order the forward calls them (see `checkpoint`)
+            from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+
+            kinds = (ResnetBlock2D, Attention, Upsample2D, Downsample2D)
+            for name, mod in list(self.module.named_modules()):
+                for child_name, child in list(mod.named_children()):
+                    if isinstance(child, kinds) or (mod is self.module and child_name == "conv_in"):
+                        setattr(mod, child_name, Checkpoint(child, self))
+
+    def checkpoint(self, inner: torch.nn.Module, args, kwargs):
+        """Run a checkpointed block. In the statistics pass, blocks are numbered in call order per tile;
+        a tile whose block k finished in an earlier round returns that output for blocks 0..k (the
+        blocks between are not evaluated: only the last one's output is used, by block k + 1)."""
+        if not self.collecting or self._tile_id is None:
+            return inner(*args, **kwargs)
+        k, self._ck = self._ck, self._ck + 1
+        cached = self._cache.get(self._tile_id)
+        if cached is not None and k <= cached[0]:
+            return cached[1]
+        out = inner(*args, **kwargs)  # may raise _Stop: the cache stays at the last finished block
+        size = out.numel() * out.element_size()
+        old = 0 if cached is None else cached[1].numel() * cached[1].element_size()
+        if self._cached - old + size <= self.cache_bytes:
+            self._cache[self._tile_id] = (k, out)
+            self._cached += size - old
+        return out
 
     @property
     def is_local(self) -> bool:
@@ -223,17 +282,19 @@ class TiledNet:
         return not self.norms and not self.attentions
 
     # Running one tile ---------------------------------------------------------------------------------
-    def _run(self, x: torch.Tensor, tile: _Tile) -> torch.Tensor | None:
-        self._tile = tile
+    def _run(self, x: torch.Tensor, tile: _Tile, tile_id: int | None = None) -> torch.Tensor | None:
+        self._tile, self._tile_id, self._ck = tile, tile_id, 0
         h, w = x.shape[-2:]
         self.max_input = (max(self.max_input[0], h), max(self.max_input[1], w))
         try:
             with torch.no_grad():
-                return self.fn(x[None].to(self.device, self.dtype))[0]
+                # contiguous: a strided view can take another conv algorithm (other rounding) than the
+                # contiguous block a zarr read gives, and tiled == in-memory must hold to the bit
+                return self.fn(x[None].to(self.device, self.dtype).contiguous())[0]
         except _Stop:
             return None
         finally:
-            self._tile = None
+            self._tile, self._tile_id = None, None
 
     def _input_box(self, box: Box, size: tuple[int, int], halo: int) -> Box:
         y0, y1, x0, x1 = box
@@ -311,11 +372,11 @@ class TiledNet:
             for r in range(rounds + 1):
                 self._acc, self._tokens = {}, {}
                 stopped = False
-                for box in boxes:
+                for i, box in enumerate(boxes):
                     ib = self._input_box(box, size, halo)
                     x = read(*ib)
                     core = (box[0] - ib[0], box[1] - ib[0], box[2] - ib[2], box[3] - ib[2])
-                    out = self._run(x, _Tile((ib[0], ib[2]), (ib[1] - ib[0], ib[3] - ib[2]), core))
+                    out = self._run(x, _Tile((ib[0], ib[2]), (ib[1] - ib[0], ib[3] - ib[2]), core), i)
                     stopped = stopped or out is None
                 if not stopped:
                     break
@@ -334,7 +395,7 @@ class TiledNet:
                     progress(r + 1, rounds)
         finally:
             self.state, self.collecting = None, False
-            self._acc, self._tokens = {}, {}
+            self._acc, self._tokens, self._cache, self._cached = {}, {}, {}, 0
         return state
 
     def _prepare_whole(self, x: torch.Tensor) -> NetState:
@@ -348,10 +409,10 @@ class TiledNet:
         return state
 
     def _norm(self, key: str) -> torch.nn.GroupNorm:
-        return self.module.get_submodule(key).norm
+        return self._modules_by_key[key].norm
 
     def _attention(self, key: str):
-        return self.module.get_submodule(key)
+        return self._modules_by_key[key]
 
     # Receptive field ------------------------------------------------------------------------------------
     def measure_receptive_field(self, start: int = 40, limit: int = 160) -> int:
@@ -368,11 +429,12 @@ class TiledNet:
             box = (0, side, 0, side)
             y0 = self.run_box(read, size, box, state, halo=0)
             c = (n // 2) * self.down + self.down // 2
-            bumped = base.clone()
-            bumped[:, c, c] += 1.0
-            read1 = lambda y0, y1, x0, x1, b=bumped: b[:, y0:y1, x0:x1]  # noqa: E731
-            y1 = self.run_box(read1, size, box, state, halo=0)
-            diff = (y1 - y0).abs().amax(0)
+            diff = torch.zeros(())
+            for bump in (1.0, -1.0):  # both signs: a ReLU may pass one and not the other
+                bumped = base.clone()
+                bumped[:, c, c] += bump
+                read1 = lambda y0, y1, x0, x1, b=bumped: b[:, y0:y1, x0:x1]  # noqa: E731
+                diff = torch.maximum(diff, (self.run_box(read1, size, box, state, halo=0) - y0).abs().amax(0))
             tol = max(1e-9, 1e-7 * float(diff.max()))
             rows = torch.nonzero(diff.amax(1) > tol).flatten().tolist()
             cols = torch.nonzero(diff.amax(0) > tol).flatten().tolist()
@@ -420,11 +482,13 @@ class TiledCodec:
         self.codec = codec
         f = codec.factor
         self.decoder = TiledNet(codec.decoder, lambda z: codec.decode_net(z), up=f, down=1,
-                                in_channels=codec.latent_channels, device=codec.device, dtype=codec.dtype, name="decoder")
+                                in_channels=codec.latent_channels, device=codec.device, dtype=codec.dtype, name="decoder",
+                                fingerprint=codec.fingerprint)
         self.encoder = TiledNet(codec.encoder, lambda x: codec.encode_net(x), up=1, down=f,
-                                in_channels=3, device=codec.device, dtype=codec.dtype, name="encoder")
+                                in_channels=3, device=codec.device, dtype=codec.dtype, name="encoder",
+                                fingerprint=codec.fingerprint)
 
-    def decode_state(self, z: torch.Tensor, *, stats_tile: int = 64, max_stat_tiles: int = 64,
+    def decode_state(self, z: torch.Tensor, *, stats_tile: int = 128, max_stat_tiles: int = 16,
                      max_tokens: int = 16384) -> NetState:
         """The decoder's frozen global quantities for latents z (C, h, w)."""
         read = lambda y0, y1, x0, x1: z[:, y0:y1, x0:x1]  # noqa: E731
@@ -432,7 +496,7 @@ class TiledCodec:
                                     max_tokens=max_tokens)
 
     # Whole images in memory (vae-check, the in-memory sampler); the streamed versions are in stream.py.
-    def decode(self, z: torch.Tensor, *, tile: int = 64, stats_tile: int = 64, max_stat_tiles: int = 64,
+    def decode(self, z: torch.Tensor, *, tile: int = 64, stats_tile: int = 128, max_stat_tiles: int = 16,
                max_tokens: int = 16384, state: NetState | None = None, halo: int | None = None) -> torch.Tensor:
         """Scaled latents (C, h, w) -> pixels (3, f*h, f*w) in [-1, 1], tile by tile."""
         size = tuple(z.shape[-2:])
@@ -448,7 +512,7 @@ class TiledCodec:
                     self.decoder.run_box(read, size, box, state, halo).clamp(-1, 1).cpu()
         return out
 
-    def encode(self, x: torch.Tensor, *, tile: int = 64, stats_tile: int = 64, max_stat_tiles: int = 64,
+    def encode(self, x: torch.Tensor, *, tile: int = 64, stats_tile: int = 128, max_stat_tiles: int = 16,
                max_tokens: int = 16384) -> torch.Tensor:
         """Pixels (3, H, W) in [-1, 1] (H, W multiples of the factor) -> scaled latents (C, H/f, W/f)."""
         f = self.codec.factor
