@@ -76,10 +76,15 @@ def sidpipe(*args: str) -> subprocess.Popen:
 
 
 def finished_tiles(run_dir: Path) -> int:
+    # The runner removes a pass's tile markers when it marks the pass done: a walk racing it may find a
+    # folder gone (or the whole run directory, at the end); count what is there and retry on a race.
     markers = run_dir / "markers"
-    if not markers.exists():
-        return 0
-    return sum(1 for p in markers.rglob("*") if p.is_file())
+    for _ in range(10):
+        try:
+            return sum(1 for p in markers.rglob("*") if p.is_file()) if markers.exists() else 0
+        except FileNotFoundError:
+            continue
+    return 0
 
 
 def interrupt(args: list[str], run_dir: Path, sig: int, after: int) -> subprocess.CompletedProcess:
