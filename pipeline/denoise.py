@@ -17,11 +17,24 @@ Two implementations share one interface, `denoiser(x, alpha, sigma) -> x_hat` on
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .patches import Folder, band_rows, border_band, patch_grid, query_positions, regular_runs, unfold, window_radius
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # this thread's intra-op threads only (OpenMP's per-thread setting)
+
+
+def single_threaded(fn, *args):
+    """fn(*args) computed in a helper thread whose torch ops run on one intra-op thread."""
+    with ThreadPoolExecutor(1, initializer=_one_thread) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def naive_patch_denoise(queries: torch.Tensor, keys: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
@@ -66,6 +79,12 @@ class ImageDenoiser:
     # True when a query's estimate does not depend on which other queries are estimated with it (no GEMM
     # over the batch): a rectangle then estimates only the positions its fold needs, not whole blocks.
     batch_invariant = False
+    # True when a block's estimate must not depend on the number of intra-op threads (its matrix products
+    # are GEMMs: MKL and oneDNN split a product's reduction between threads, so 1 and 2 threads round
+    # differently, in fp32 and bf16 alike). Such blocks are estimated on one intra-op thread each, by as
+    # many helper threads as the caller has intra-op threads: a tile task (fewer threads) then computes
+    # every block exactly as the whole image does.
+    thread_invariant = False
 
     def __init__(self, reference: torch.Tensor, *, patch_size: int = 15, rho: float = 0.2, truncate: float = 3.0,
                  query_block: int = 32, query_stride: int = 1) -> None:
@@ -190,13 +209,35 @@ class ImageDenoiser:
             return (rows_band[i0:i0 + (nr - 1) * st + 1:st][:, None]
                     | cols_band[j0:j0 + (nc - 1) * st + 1:st][None, :]).reshape(-1)
 
-        for i0, nr, j0, nc, fi, fn, fj, fm in blocks:
-            region = x[:, i0 - oy:i0 - oy + (nr - 1) * st + p, j0 - ox:j0 - ox + (nc - 1) * st + p]
-            q = F.unfold(region[None], p, stride=st)[0].T  # (nr*nc, d), raster order
-            edge = edges(i0, nr, j0, nc)
-            path_edge = None if (fn, fm) == (nr, nc) else edges(fi, fn, fj, fm)
-            est = self._block_estimate(q, edge, alpha, sigma, path_edge)
-            folder.add(self._to_grid(est, c, nr, nc), i0, j0, st)
+        def estimate(blk: tuple[int, ...]) -> torch.Tensor:
+            i0, nr, j0, nc, fi, fn, fj, fm = blk
+            with torch.no_grad():  # grad mode is per thread
+                region = x[:, i0 - oy:i0 - oy + (nr - 1) * st + p, j0 - ox:j0 - ox + (nc - 1) * st + p]
+                q = F.unfold(region[None], p, stride=st)[0].T  # (nr*nc, d), raster order
+                edge = edges(i0, nr, j0, nc)
+                path_edge = None if (fn, fm) == (nr, nc) else edges(fi, fn, fj, fm)
+                return self._block_estimate(q, edge, alpha, sigma, path_edge)
+
+        def fold(blk: tuple[int, ...], est: torch.Tensor) -> None:
+            folder.add(self._to_grid(est, c, blk[1], blk[3]), blk[0], blk[2], st)
+
+        if self.thread_invariant and x.device.type == "cpu":
+            # Blocks on one intra-op thread each, by as many helpers as this thread has, folded in order;
+            # at most 2 per helper in flight (memory).
+            n = max(1, torch.get_num_threads())
+            with ThreadPoolExecutor(n, initializer=_one_thread) as pool:
+                pending: deque = deque()
+                for blk in blocks:
+                    pending.append((blk, pool.submit(estimate, blk)))
+                    if len(pending) >= 2 * n:
+                        b, f = pending.popleft()
+                        fold(b, f.result())
+                while pending:
+                    b, f = pending.popleft()
+                    fold(b, f.result())
+        else:
+            for blk in blocks:
+                fold(blk, estimate(blk))
         y0, y1, x0, x1 = box
         out = folder.result()[:, y0 - sy0:y1 - sy0, x0 - sx0:x1 - sx0]
         return out.to(self.fold_dtype if self.fold_dtype == torch.float64 else x.dtype)
@@ -242,7 +283,6 @@ class PatchDenoiser(ImageDenoiser):
         self.impl = impl
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.naive_dtype = naive_dtype
-        device = reference.device
         y = unfold(reference.float(), patch_size)  # (N, d)
         if keep is not None:
             y = y[keep.reshape(-1).to(y.device)]
@@ -253,6 +293,11 @@ class PatchDenoiser(ImageDenoiser):
             self.fold_dtype = naive_dtype
             self.keys = y.to(naive_dtype)
             return
+        self.thread_invariant = True
+        single_threaded(self._prepare, y)  # the reductions below on one thread too (see thread_invariant)
+
+    def _prepare(self, y: torch.Tensor) -> None:
+        device = y.device
         # Centre on the mean patch; keys in the compute dtype, their norms from the rounded keys so the
         # distance is exact for the patches actually used.
         self.mean = y.mean(0)
