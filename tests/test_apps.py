@@ -129,7 +129,7 @@ def test_outpaint_keeps_the_reference_at_its_offset_and_varies_outside(tmp_path)
                                         tmp_path, 64), outs[0])
 
 
-def test_retarget_size_layout_and_patches():
+def test_retarget_size_layout_and_patches(tmp_path):
     ref = load_image(IMAGE)
     cfg = retarget.prepare(config(width=144, height=64, num_scales=0, coarsest_ratio=1.0), ref.shape[-2:])
     out = sample(IMAGE, cfg, retarget.make(IMAGE, cfg.steps))
@@ -140,6 +140,8 @@ def test_retarget_size_layout_and_patches():
     assert np.corrcoef(low(out), low(naive))[0, 1] >= 0.9
     # the patches: nearer the reference's than a naive resize's (aspect 1 -> 2.25)
     assert nn_patch_distance(out, ref) < nn_patch_distance(naive, ref)
+    # the fixed coarsest scale goes through the tiled sampler's init pass
+    np.testing.assert_array_equal(tiled(IMAGE, cfg, retarget.make(IMAGE, cfg.steps), tmp_path, 64), out)
 
 
 COMPOSITE, HMASK, BACKGROUND = APPS / "euc_composite.png", APPS / "euc_mask.png", APPS / "euc_ref.png"
