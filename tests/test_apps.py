@@ -114,6 +114,31 @@ def test_inpaint_tiled_equals_in_memory(inpainted, tmp_path):
         np.testing.assert_array_equal(tiled(IMAGE, cfg, make_hooks, tmp_path, tile), inpainted)
 
 
+def test_inpaint_tiled_denoises_only_the_tiles_near_the_hole(tmp_path):
+    """A 192 x 192 image (the crop 2 x 2) with the hole in its first quadrant, tiles of 64: the tiles away
+    from the hole are not denoised (counted), and the result is still the in-memory one, bit for bit."""
+    crop, m = np.asarray(Image.open(IMAGE).convert("RGB")), hole()
+    Image.fromarray(np.tile(crop, (2, 2, 1))).save(tmp_path / "big.png")
+    big = np.zeros((192, 192), np.uint8)
+    big[:96, :96] = m * 255
+    Image.fromarray(big).save(tmp_path / "big_mask.png")
+    cfg = config()
+    make_hooks = inpaint.make(tmp_path / "big.png", tmp_path / "big_mask.png", cfg.steps, cfg.patch_size)
+    ref = load_image(tmp_path / "big.png")
+    plan = make_plan(cfg, ref.shape[-2:])
+    expected = generate(ref, cfg, plan=plan, hooks=make_hooks(plan))[0]
+    events = []
+    out = tmp_path / "out.tif"
+    run_out_of_core(tmp_path / "big.png", ref, out, cfg, plan, RunOptions(out_of_core=True, keep_workdir=True,
+                    tile_size=64, workers=2), hooks=make_hooks(plan), progress=events.append)
+    got = np.clip(zarr.open_group(str(out) + ".sidpipe/state.zarr", mode="r")["s0/x0"][...], -1.0, 1.0)
+    np.testing.assert_array_equal(got, expected)
+    denoised = [e for e in events if e.get("event") == "tile" and e["pass"] == "A" and e["scale"] == 0]
+    # finest scale: 9 tiles; the hole (x 20-39, y 26-50) and BLUR's halo touch tile (0, 0) and its
+    # neighbours only
+    assert len(denoised) <= 4 * cfg.steps < 9 * cfg.steps, len(denoised)
+
+
 def test_outpaint_keeps_the_reference_at_its_offset_and_varies_outside(tmp_path):
     ref = load_image(IMAGE)
     cfg = config(width=128, height=112)
