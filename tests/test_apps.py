@@ -139,6 +139,28 @@ def test_inpaint_tiled_denoises_only_the_tiles_near_the_hole(tmp_path):
     assert len(denoised) <= 4 * cfg.steps < 9 * cfg.steps, len(denoised)
 
 
+def test_a_run_directory_of_another_mask_is_refused(tmp_path):
+    """The application's identity (mask digest) is part of the run directory's: a resume never mixes jobs."""
+    from sidpipe.errors import ConfigError
+
+    cfg = config(steps=1, num_scales=1)
+    other = np.zeros((96, 96), np.uint8)
+    other[60:80, 60:80] = 255
+    Image.fromarray(other).save(tmp_path / "other.png")
+    ref = load_image(IMAGE)
+    plan = make_plan(cfg, ref.shape[-2:])
+    options = RunOptions(out_of_core=True, keep_workdir=True, tile_size=64, workdir=tmp_path / "wd")
+    first = inpaint.make(IMAGE, MASK, cfg.steps, cfg.patch_size)(plan)
+    (tmp_path / "wd").mkdir()
+    # an unfinished run of the first mask (only its manifest), then the second mask in the same directory
+    from sidpipe.store import RunDir, fingerprint
+    RunDir.open(tmp_path / "wd", {"config": cfg.to_dict(), "input": fingerprint(IMAGE),
+                                  "output_size": list(plan.out_sizes[0]), "app": first.identity}, {}, overwrite=False)
+    second = inpaint.make(IMAGE, tmp_path / "other.png", cfg.steps, cfg.patch_size)(plan)
+    with pytest.raises(ConfigError, match=r"different job \(differs in: app\)"):
+        run_out_of_core(IMAGE, ref, tmp_path / "o.tif", cfg, plan, options, hooks=second)
+
+
 def test_outpaint_keeps_the_reference_at_its_offset_and_varies_outside(tmp_path):
     ref = load_image(IMAGE)
     cfg = config(width=128, height=112)
