@@ -155,7 +155,8 @@ def test_a_run_directory_of_another_mask_is_refused(tmp_path):
     # an unfinished run of the first mask (only its manifest), then the second mask in the same directory
     from sidpipe.store import RunDir, fingerprint
     RunDir.open(tmp_path / "wd", {"config": cfg.to_dict(), "input": fingerprint(IMAGE),
-                                  "output_size": list(plan.out_sizes[0]), "app": first.identity}, {}, overwrite=False)
+                                  "output_size": list(plan.out_sizes[0]), "app": first.identity}, {},
+                overwrite=False).close()
     second = inpaint.make(IMAGE, tmp_path / "other.png", cfg.steps, cfg.patch_size)(plan)
     with pytest.raises(ConfigError, match=r"different job \(differs in: app\)"):
         run_out_of_core(IMAGE, ref, tmp_path / "o.tif", cfg, plan, options, hooks=second)
