@@ -114,6 +114,7 @@ def test_inpaint_tiled_equals_in_memory(inpainted, tmp_path):
         np.testing.assert_array_equal(tiled(IMAGE, cfg, make_hooks, tmp_path, tile), inpainted)
 
 
+@pytest.mark.slow
 def test_inpaint_tiled_denoises_only_the_tiles_near_the_hole(tmp_path):
     """A 192 x 192 image (the crop 2 x 2) with the hole in its first quadrant, tiles of 64: the tiles away
     from the hole are not denoised (counted), and the result is still the in-memory one, bit for bit."""
