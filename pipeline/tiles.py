@@ -246,6 +246,37 @@ def step_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> 
     w.run.mark_tile(f"s{spec.scale}-t{t}-B", box_key(box))
 
 
+def replace_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
+    """Pass B of step t on a tile the application decides alone (`Hooks.active` False): x_{t-1} is its
+    `replace` value (which ignores what the step computed there), so nothing is denoised or blended."""
+    w = worker(run_dir, threads)
+    y0, y1, x0, x1 = box
+    x_prev = spec.hooks.replace(spec.scale, t - 1, box, torch.zeros(spec.channels, y1 - y0, x1 - x0), spec.seed)
+    if spec.hooks.paste is not None and spec.scale == 0 and t == 1:
+        x_prev = spec.hooks.paste(box, x_prev)
+    w.write(spec, x_name(t - 1), box, x_prev)
+    w.run.mark_tile(f"s{spec.scale}-t{t}-B", box_key(box))
+
+
+def active_tiles(spec: ScaleSpec, boxes: list[Box]) -> tuple[list[Box], list[Box]]:
+    """(tiles to denoise, tiles to step) of a scale: with an `active` hook, the active tiles are stepped
+    and the tiles whose estimate they read (the box, and BLUR's halo) denoised; otherwise every tile."""
+    hooks = spec.hooks
+    if hooks is None or hooks.active is None or hooks.replace is None:
+        return boxes, boxes
+    stepped = [b for b in boxes if hooks.active(spec.scale, b)]
+    reads = list(stepped)
+    if spec.coarse_size is not None:
+        for b in stepped:
+            crect = resize_support(spec.coarse_size, spec.size, b)
+            reads.append(resize_support(spec.size, spec.coarse_size, crect))
+
+    def meets(a: Box, r: Box) -> bool:
+        return a[0] < r[1] and r[0] < a[1] and a[2] < r[3] and r[2] < a[3]
+
+    return [b for b in boxes if any(meets(b, r) for r in reads)], stepped
+
+
 def init_tile(run_dir: str, threads: int, spec: ScaleSpec, box: Box) -> None:
     """A fixed scale (an application's `start` 0): x_{s,0} on one tile is its `init` hook (and at the
     finest scale, after its `paste`)."""
@@ -368,9 +399,15 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
     group = run.state()
     run_dir = str(run.path)
     starts = [start_step(hooks, s, cfg.steps) for s in range(plan.num_scales)]
-    total = sum(max(1, 2 * t0) * len(tile_boxes(*size, tile)) for t0, size in zip(starts, plan.out_sizes))
+    specs = [ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
+                       cfg.steps, cfg.eta, seed, cfg.blend_last_step, hooks) for s, size in enumerate(plan.out_sizes)]
+    # per scale: the tiles denoised (pass A) and stepped (pass B; the other tiles only get `replace`)
+    plans = [active_tiles(spec, tile_boxes(*spec.size, tile)) for spec in specs]
+    counts = [t0 * (len(a) + len(tile_boxes(*size, tile))) if t0 else len(tile_boxes(*size, tile))
+              for t0, (a, _), size in zip(starts, plans, plan.out_sizes)]
+    total = sum(counts)
     # Work in output pixels (a fine scale's tile costs what a coarse scale's does per pixel): for the ETA.
-    work = sum(max(1, 2 * t0) * h * w for t0, (h, w) in zip(starts, plan.out_sizes))
+    work = sum(n * h * w / len(tile_boxes(h, w, tile)) for n, (h, w) in zip(counts, plan.out_sizes))
     counter = {"done": 0, "start": time.perf_counter(), "skipped": 0, "work": 0.0, "work_skipped": 0.0,
                "pass_done": 0}
 
@@ -400,16 +437,16 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
         size = plan.out_sizes[s]
         boxes = tile_boxes(*size, tile)
         t0 = starts[s]
-        pixels = size[0] * size[1]
+        per_tile = size[0] * size[1] / len(boxes)
+        denoised, stepped = plans[s]
+        inactive = [b for b in boxes if b not in stepped]
         if run.done(f"s{s}"):
-            skip(max(1, 2 * t0) * len(boxes), max(1, 2 * t0) * pixels)
+            skip(counts[s], counts[s] * per_tile)
             continue
         chunks = (channels, tile, tile)
         for name in ("x0", "x1", "xhat"):
             state_array(group, f"s{s}/{name}", (channels, *size), chunks)
-        spec = ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
-                         cfg.steps, cfg.eta, seed, cfg.blend_last_step, hooks)
-        per_tile = pixels / len(boxes)
+        spec = specs[s]
         if t0 == 0:
             finished = run.tiles_done(f"s{s}-init")
             todo = [b for b in boxes if box_key(b) not in finished]
@@ -420,20 +457,24 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
             executor.run(init_tile, [(run_dir, executor.task_threads(len(todo)), spec, b) for b in todo],
                          lambda s=s, n=len(boxes), w=per_tile: report(s, 0, "I", n, w))
         for t in range(t0, 0, -1):
-            for kind, fn in (("A", denoise_tile), ("B", step_tile)):
+            for kind, groups in (("A", ((denoise_tile, denoised),)),
+                                 ("B", ((step_tile, stepped), (replace_tile, inactive)))):
                 name = f"s{s}-t{t}-{kind}"
+                n = sum(len(tiles) for _, tiles in groups)
                 if run.done(name):
-                    skip(len(boxes), pixels)
+                    skip(n, n * per_tile)
                     continue
                 finished = run.tiles_done(name)
-                todo = [b for b in boxes if box_key(b) not in finished]
-                skip(len(boxes) - len(todo), per_tile * (len(boxes) - len(todo)))
-                counter["pass_done"] = len(boxes) - len(todo)
-                check_stop()
-                threads = executor.task_threads(len(todo))
-                executor.prepare(len(boxes))
-                executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
-                             lambda s=s, t=t, kind=kind, n=len(boxes), w=per_tile: report(s, t, kind, n, w))
+                counter["pass_done"] = 0
+                for fn, tiles in groups:
+                    todo = [b for b in tiles if box_key(b) not in finished]
+                    skip(len(tiles) - len(todo), per_tile * (len(tiles) - len(todo)))
+                    counter["pass_done"] += len(tiles) - len(todo)
+                    check_stop()
+                    threads = executor.task_threads(len(todo))
+                    executor.prepare(n)
+                    executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
+                                 lambda s=s, t=t, kind=kind, n=n, w=per_tile: report(s, t, kind, n, w))
                 run.mark(name)
         for name in ("x1", "xhat"):  # x0 = x_{s,0} is kept: the next scale's coarse input (and, at s = 0, the output)
             if name in group[f"s{s}"]:

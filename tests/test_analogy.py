@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,8 +15,9 @@ from sidpipe.config import load_config
 from sidpipe.io.read import load_image
 from sidpipe.metrics import nn_patch_distance
 from sidpipe.plan import make_plan
-from sidpipe.pyramid import resize
-from sidpipe.runner import RunOptions, generate, run_out_of_core
+from sidpipe.runner import generate
+
+from conftest import lowpass_corr, tiled_result
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "analogy"
 SIDE = 98  # the bundled 196-px pair halved: 3 scales of p = 11 still fit (coarsest 25 px)
@@ -42,13 +41,6 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
 
 def cfg():
     return load_config("analogy", {"seed": 1})
-
-
-def lowpass_corr(a: np.ndarray, b: np.ndarray, size: int = 12) -> float:
-    """Pearson correlation of the two images' luminance, each area-averaged down to size x size."""
-    def low(x):
-        return resize(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).mean(0, keepdim=True), (size, size))
-    return float(np.corrcoef(low(a).flatten().numpy(), low(b).flatten().numpy())[0, 1])
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +69,7 @@ def test_analogy_keeps_the_structure_in_the_style(pair, results):
 def test_analogy_tiled_equals_in_memory(pair, results, tmp_path):
     structure, style = pair
     c = cfg()
-    ref = load_image(style)
-    plan = make_plan(c, ref.shape[-2:])
-    out = tmp_path / "tiled.tif"
-    run_out_of_core(style, ref, out, c, plan, RunOptions(out_of_core=True, keep_workdir=True, tile_size=64, workers=2),
-                    hooks=analogy.make(structure, 3, c, 0.5)(plan))
-    tiled = np.clip(zarr.open_group(str(out) + ".sidpipe/state.zarr", mode="r")["s0/x0"][...], -1.0, 1.0)
+    tiled = tiled_result(style, c, analogy.make(structure, 3, c, 0.5), tmp_path)
     np.testing.assert_array_equal(tiled, results[0])
 
 

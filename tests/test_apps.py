@@ -114,6 +114,55 @@ def test_inpaint_tiled_equals_in_memory(inpainted, tmp_path):
         np.testing.assert_array_equal(tiled(IMAGE, cfg, make_hooks, tmp_path, tile), inpainted)
 
 
+@pytest.mark.slow
+def test_inpaint_tiled_denoises_only_the_tiles_near_the_hole(tmp_path):
+    """A 192 x 192 image (the crop 2 x 2) with the hole in its first quadrant, tiles of 64: the tiles away
+    from the hole are not denoised (counted), and the result is still the in-memory one, bit for bit."""
+    crop, m = np.asarray(Image.open(IMAGE).convert("RGB")), hole()
+    Image.fromarray(np.tile(crop, (2, 2, 1))).save(tmp_path / "big.png")
+    big = np.zeros((192, 192), np.uint8)
+    big[:96, :96] = m * 255
+    Image.fromarray(big).save(tmp_path / "big_mask.png")
+    cfg = config()
+    make_hooks = inpaint.make(tmp_path / "big.png", tmp_path / "big_mask.png", cfg.steps, cfg.patch_size)
+    ref = load_image(tmp_path / "big.png")
+    plan = make_plan(cfg, ref.shape[-2:])
+    expected = generate(ref, cfg, plan=plan, hooks=make_hooks(plan))[0]
+    events = []
+    out = tmp_path / "out.tif"
+    run_out_of_core(tmp_path / "big.png", ref, out, cfg, plan, RunOptions(out_of_core=True, keep_workdir=True,
+                    tile_size=64, workers=2), hooks=make_hooks(plan), progress=events.append)
+    got = np.clip(zarr.open_group(str(out) + ".sidpipe/state.zarr", mode="r")["s0/x0"][...], -1.0, 1.0)
+    np.testing.assert_array_equal(got, expected)
+    denoised = [e for e in events if e.get("event") == "tile" and e["pass"] == "A" and e["scale"] == 0]
+    # finest scale: 9 tiles; the hole (x 20-39, y 26-50) and BLUR's halo touch tile (0, 0) and its
+    # neighbours only
+    assert len(denoised) <= 4 * cfg.steps < 9 * cfg.steps, len(denoised)
+
+
+def test_a_run_directory_of_another_mask_is_refused(tmp_path):
+    """The application's identity (mask digest) is part of the run directory's: a resume never mixes jobs."""
+    from sidpipe.errors import ConfigError
+
+    cfg = config(steps=1, num_scales=1)
+    other = np.zeros((96, 96), np.uint8)
+    other[60:80, 60:80] = 255
+    Image.fromarray(other).save(tmp_path / "other.png")
+    ref = load_image(IMAGE)
+    plan = make_plan(cfg, ref.shape[-2:])
+    options = RunOptions(out_of_core=True, keep_workdir=True, tile_size=64, workdir=tmp_path / "wd")
+    first = inpaint.make(IMAGE, MASK, cfg.steps, cfg.patch_size)(plan)
+    (tmp_path / "wd").mkdir()
+    # an unfinished run of the first mask (only its manifest), then the second mask in the same directory
+    from sidpipe.store import RunDir, fingerprint
+    RunDir.open(tmp_path / "wd", {"config": cfg.to_dict(), "input": fingerprint(IMAGE),
+                                  "output_size": list(plan.out_sizes[0]), "app": first.identity}, {},
+                overwrite=False).close()
+    second = inpaint.make(IMAGE, tmp_path / "other.png", cfg.steps, cfg.patch_size)(plan)
+    with pytest.raises(ConfigError, match=r"different job \(differs in: app\)"):
+        run_out_of_core(IMAGE, ref, tmp_path / "o.tif", cfg, plan, options, hooks=second)
+
+
 def test_outpaint_keeps_the_reference_at_its_offset_and_varies_outside(tmp_path):
     ref = load_image(IMAGE)
     cfg = config(width=128, height=112)
@@ -129,7 +178,7 @@ def test_outpaint_keeps_the_reference_at_its_offset_and_varies_outside(tmp_path)
                                         tmp_path, 64), outs[0])
 
 
-def test_retarget_size_layout_and_patches():
+def test_retarget_size_layout_and_patches(tmp_path):
     ref = load_image(IMAGE)
     cfg = retarget.prepare(config(width=144, height=64, num_scales=0, coarsest_ratio=1.0), ref.shape[-2:])
     out = sample(IMAGE, cfg, retarget.make(IMAGE, cfg.steps))
@@ -140,6 +189,8 @@ def test_retarget_size_layout_and_patches():
     assert np.corrcoef(low(out), low(naive))[0, 1] >= 0.9
     # the patches: nearer the reference's than a naive resize's (aspect 1 -> 2.25)
     assert nn_patch_distance(out, ref) < nn_patch_distance(naive, ref)
+    # the fixed coarsest scale goes through the tiled sampler's init pass
+    np.testing.assert_array_equal(tiled(IMAGE, cfg, retarget.make(IMAGE, cfg.steps), tmp_path, 64), out)
 
 
 COMPOSITE, HMASK, BACKGROUND = APPS / "euc_composite.png", APPS / "euc_mask.png", APPS / "euc_ref.png"

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,10 +15,9 @@ from sidpipe.config import load_config
 from sidpipe.io.read import load_image
 from sidpipe.metrics import nn_patch_distance
 from sidpipe.plan import make_plan
-from sidpipe.pyramid import resize
-from sidpipe.runner import RunOptions, generate, run_out_of_core
+from sidpipe.runner import generate
 
-from conftest import BALLOONS, DATA
+from conftest import BALLOONS, DATA, lowpass_corr, tiled_result
 
 runner = CliRunner()
 SIZE = (96, 72)  # W, H of both images: 4 scales of p = 7
@@ -37,12 +34,6 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
 
 def cfg():
     return load_config("i2i", {"seed": 1, "width": SIZE[0], "height": SIZE[1], "patch_size": 7})
-
-
-def lowpass_corr(a: np.ndarray, b: np.ndarray, size: int = 12) -> float:
-    def low(x):
-        return resize(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).mean(0, keepdim=True), (size, size))
-    return float(np.corrcoef(low(a).flatten().numpy(), low(b).flatten().numpy())[0, 1])
 
 
 def sample(pair, mode: str) -> np.ndarray:
@@ -65,12 +56,7 @@ def test_i2i_keeps_the_content_in_the_style(pair, mode):
 def test_i2i_ilvr_tiled_equals_in_memory(pair, tmp_path):
     style, content = pair
     c = cfg()
-    ref = load_image(style)
-    plan = make_plan(c, ref.shape[-2:])
-    out = tmp_path / "tiled.tif"
-    run_out_of_core(style, ref, out, c, plan, RunOptions(out_of_core=True, keep_workdir=True, tile_size=64, workers=2),
-                    hooks=i2i.make(content, style, 3, c.steps, mode="ilvr")(plan))
-    tiled = np.clip(zarr.open_group(str(out) + ".sidpipe/state.zarr", mode="r")["s0/x0"][...], -1.0, 1.0)
+    tiled = tiled_result(style, c, i2i.make(content, style, 3, c.steps, mode="ilvr"), tmp_path)
     np.testing.assert_array_equal(tiled, sample(pair, "ilvr"))
 
 

@@ -95,13 +95,17 @@ class KnownRegion:
         y0, y1, x0, x1 = box
         return torch.where(self.hole[y0:y1, x0:x1][None], x, self.known[:, y0:y1, x0:x1])
 
+    def active(self, scale: int, box: Box) -> bool:
+        y0, y1, x0, x1 = box
+        return bool(self.masks[scale][y0:y1, x0:x1].any())
+
     def exclude(self, scale: int, size: tuple[int, int], patch_size: int) -> torch.Tensor | None:
         if self.exclude_from is None:
             return None
         return patches_touching(support_mask(self.exclude_from, size), patch_size)
 
     def hooks(self, identity: dict) -> Hooks:
-        return Hooks(replace=self.replace, paste=self.paste,
+        return Hooks(replace=self.replace, paste=self.paste, active=self.active,
                      exclude=self.exclude if self.exclude_from is not None else None, identity=identity)
 
 

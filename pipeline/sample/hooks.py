@@ -48,6 +48,10 @@ class Hooks:
     exclude: Callable[[int, tuple[int, int], int], torch.Tensor | None] | None = None
     replace: Callable[[int, int, Box, torch.Tensor, int], torch.Tensor] | None = None
     paste: Callable[[Box, torch.Tensor], torch.Tensor] | None = None
+    # active(s, box): False when `replace` decides every pixel of the box after every step whatever the
+    # step computed (a tile away from an inpainting hole). The tiled sampler then only writes `replace`'s
+    # value there, and denoises just the tiles whose estimate an active tile reads.
+    active: Callable[[int, Box], bool] | None = None
     # What the application is and its inputs (fingerprints, parameters): part of a run directory's
     # identity, so a resumed run never mixes two different jobs.
     identity: dict[str, Any] = field(default_factory=dict)
