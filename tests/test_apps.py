@@ -24,7 +24,7 @@ from sidpipe.pyramid import resize
 from sidpipe.runner import RunOptions, generate, run_out_of_core
 from sidpipe.sample.hooks import Hooks
 
-from conftest import DATA
+from conftest import DATA, tiled_result
 
 APPS = DATA / "apps"
 IMAGE = APPS / "balloons_in_blue_crop.png"       # 96 x 96 crop of shared/data/apps/inpainting
@@ -46,12 +46,7 @@ def sample(ref_path: Path, cfg, make_hooks=None) -> np.ndarray:
 
 
 def tiled(ref_path: Path, cfg, make_hooks, tmp_path: Path, tile: int) -> np.ndarray:
-    ref = load_image(ref_path)
-    plan = make_plan(cfg, ref.shape[-2:])
-    out = tmp_path / f"out{tile}.tif"
-    run_out_of_core(ref_path, ref, out, cfg, plan, RunOptions(out_of_core=True, keep_workdir=True, tile_size=tile,
-                                                                workers=2), hooks=make_hooks(plan))
-    return np.clip(zarr.open_group(str(out) + ".sidpipe/state.zarr", mode="r")["s0/x0"][...], -1.0, 1.0)
+    return tiled_result(ref_path, cfg, make_hooks, tmp_path, tile)
 
 
 def hole(path: Path = MASK) -> np.ndarray:
