@@ -96,7 +96,7 @@ def main() -> None:
     slurm, cluster_up = None, None
     if args.start_local_slurm:
         spec = importlib.util.spec_from_file_location("slurmd", ROOT / "tests" / "slurmd.py")
-        slurm = importlib.util.module_from_spec(spec)
+        slurm = sys.modules["slurmd"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(slurm)
         cluster_up = slurm.bring_up()
     try:

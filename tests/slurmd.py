@@ -117,7 +117,15 @@ def start_munge(folder: Path) -> int | None:
     return int(pidfile.read_text()) if pidfile.exists() else None
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def write_conf(folder: Path, node: str) -> Path:
+    """slurm.conf in `folder`, on free ports: another cluster on this machine (a concurrent test session)
+    keeps its own."""
     cpus = os.cpu_count() or 1
     detected = run(["slurmd", "-C"]).stdout
     real = next((int(w.split("=")[1]) for w in detected.split() if w.startswith("RealMemory=")), 2048)
@@ -143,8 +151,8 @@ DefMemPerCPU=1024
 MailProg=/bin/true
 EnforcePartLimits=ALL
 ReturnToService=2
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 StateSaveLocation={folder}/state
 SlurmdSpoolDir={folder}/spool
 SlurmctldPidFile={folder}/run/slurmctld.pid
@@ -210,19 +218,23 @@ def bring_up() -> Slurm:
             if res.returncode != 0:
                 raise RuntimeError(f"{name} did not start: {res.stderr.strip()[-500:]}")
             pidfile = folder / "run" / f"{name}.pid"
-            deadline = time.time() + 10
+            deadline = time.time() + 60  # slow on a loaded machine
             while not pidfile.exists() or not pidfile.read_text().strip():
                 if time.time() > deadline:
-                    raise RuntimeError(f"{name} wrote no PID file")
+                    raise RuntimeError(f"{name} wrote no PID file: {Slurm(node, folder).log()[-800:]}")
                 time.sleep(0.05)
             pids[name] = int(pidfile.read_text())
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while (state := node_state()) != "idle":
             if time.time() > deadline:
-                raise RuntimeError(f"node {node} not idle after 30 s (state {state!r}): "
+                raise RuntimeError(f"node {node} not idle after 60 s (state {state!r}): "
                                    f"{Slurm(node, folder).log()[-1500:]}")
             time.sleep(0.2)
     except BaseException:
+        for name in ("slurmctld", "slurmd"):  # a daemon that wrote its PID file late is stopped too
+            pidfile = folder / "run" / f"{name}.pid"
+            if name not in pids and pidfile.exists() and pidfile.read_text().strip().isdigit():
+                pids[name] = int(pidfile.read_text())
         stop(pids)
         os.environ.pop("SLURM_CONF", None)
         raise
