@@ -461,7 +461,7 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
             counter["pass_done"] = len(boxes) - len(todo)
             check_stop()
             executor.prepare(len(boxes))
-            executor.run(init_tile, [(run_dir, executor.task_threads(len(todo)), spec, b) for b in todo],
+            executor.run(init_tile, [(run_dir, executor.task_threads(len(boxes)), spec, b) for b in todo],
                          lambda s=s, n=len(boxes), w=per_tile: report(s, 0, "I", n, w))
         for t in range(t0, 0, -1):
             for kind, groups in (("A", ((denoise_tile, denoised),)),
@@ -478,7 +478,7 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
                     skip(len(tiles) - len(todo), per_tile * (len(tiles) - len(todo)))
                     counter["pass_done"] += len(tiles) - len(todo)
                     check_stop()
-                    threads = executor.task_threads(len(todo))
+                    threads = executor.task_threads(len(tiles))  # the group's full size: a resumed pass keeps its threads (and bits)
                     executor.prepare(n)
                     executor.run(fn, [(run_dir, threads, spec, t, b) for b in todo],
                                  lambda s=s, t=t, kind=kind, n=n, w=per_tile: report(s, t, kind, n, w))
