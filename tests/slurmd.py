@@ -4,7 +4,7 @@
 or, as root on Debian/Ubuntu, installs the packages with apt-get when they are missing, writes its own
 slurm.conf into a scratch folder (SLURM_CONF points the daemons and every client there; /etc/slurm is
 not touched), starts the daemons, waits for the node to be idle and, at the end of the session, stops
-what it started by PID. When it cannot (not root, no apt, a failed install or start) the tests skip
+slurmctld and slurmd by PID (munged, the machine's shared authentication daemon, is left running). When it cannot (not root, no apt, a failed install or start) the tests skip
 with the reason -- unless SIDPIPE_REQUIRE_SLURM=1 (set by .ci/run once the packages are installed),
 where that is a failure.
 
@@ -209,9 +209,9 @@ def bring_up() -> Slurm:
     folder.chmod(0o755)
     pids: dict[str, int] = {}
     try:
-        munged = start_munge(folder)
-        if munged:
-            pids["munged"] = munged
+        # munged is left running at the end: it is the machine's authentication service, and another test
+        # session (or Slurm) on this machine may be using the same one.
+        start_munge(folder)
         os.environ["SLURM_CONF"] = str(write_conf(folder, node))
         for name, cmd in (("slurmctld", ["/usr/sbin/slurmctld", "-c"]), ("slurmd", ["/usr/sbin/slurmd", "-N", node])):
             res = run(cmd)

@@ -247,3 +247,40 @@ def test_usr1_requeue_and_preemption_requeue_resume_to_the_same_bytes(slurm, inp
     proc = start(str(inputs[2]), "--out", str(tmp_path / "c_ref.tif"), *ARGS, "--quiet")
     assert proc.wait(timeout=300) == 0
     np.testing.assert_array_equal(tifffile.imread(out / "c.tif"), tifffile.imread(tmp_path / "c_ref.tif"))
+
+
+@pytest.mark.slow
+def test_default_preset_equal_pixels_need_equal_threads_per_task(slurm, tmp_path):
+    """The default preset rounds differently with another torch thread count. One job of 2 cores running 2
+    tiles at once gives each task the threads `--workers 2` gives it on this 2-core machine: equal pixels.
+    Two 1-core jobs give the single-tile coarse passes 1 thread instead of 2: the negative control differs."""
+    if (os.cpu_count() or 1) != 2:
+        pytest.skip("the equal-threads comparison is set up for a 2-core machine")
+    common = [str(BALLOONS), "--size", "512x512", "--tile-size", "256", "--steps", "2"]
+    slurm_set = ["--set", "cluster.memory=2GB", "--set", "cluster.interface=lo", "--set", "cluster.dashboard=null"]
+    runs = {
+        "threaded": ["--workers", "2"],
+        "one 2-core job": ["--cluster", "slurm", "--jobs", "1", "--set", "cluster.cores=2",
+                           "--set", "cluster.tasks_per_job=2", *slurm_set],
+        "two 1-core jobs": ["--cluster", "slurm", "--jobs", "2", "--set", "cluster.cores=1", *slurm_set],
+    }
+    images = {}
+    for name, extra in runs.items():
+        proc = start(*common, "--out", str(tmp_path / f"{name}.tif"), *extra)
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{name}: no result in 300 s: {proc.communicate()[1][-2000:]} {slurm.squeue()} {slurm.log()[-2000:]}")
+        assert proc.returncode == 0, err
+        images[name] = tifffile.imread(tmp_path / f"{name}.tif")
+    np.testing.assert_array_equal(images["one 2-core job"], images["threaded"])
+    assert not np.array_equal(images["two 1-core jobs"], images["threaded"])
+
+
+def test_a_worker_job_slurm_refuses_is_one_line_not_a_hang(slurm, reference, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "sidpipe.cli", "run", str(reference), "--out", str(tmp_path / "o.tif"),
+                          *ARGS, *CLUSTER, "--set", "cluster.partition=nosuchpartition"],
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "sidpipe: error: Slurm refuses the worker job (" in res.stderr and "partition" in res.stderr.lower()

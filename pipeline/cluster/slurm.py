@@ -9,7 +9,9 @@ and reads/writes the state arrays there. So the run directory must be on a files
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -42,14 +44,27 @@ def cluster_kwargs(settings: ClusterSettings, log_dir: Path | None) -> dict:
 
 
 def start_cluster(settings: ClusterSettings, log_dir: Path | None = None):
-    """A SLURMCluster with no jobs yet (scale it); ConfigError when Slurm's commands are missing."""
+    """A SLURMCluster with no jobs yet (scale it). ConfigError when Slurm's commands are missing or Slurm
+    refuses the worker job (`sbatch --test-only`): a job that is never submitted would leave the run
+    waiting for workers forever."""
     if shutil.which("sbatch") is None:
         raise ConfigError("--cluster slurm needs Slurm's sbatch on PATH (run sidpipe on a login node or in a job)")
     from dask_jobqueue import SLURMCluster
 
+    if log_dir is not None and any(c.isspace() for c in str(log_dir)):
+        log_dir = None  # #SBATCH -o/-e cannot hold a path with spaces: Slurm's default log file instead
     if log_dir is not None:
         log_dir.mkdir(parents=True, exist_ok=True)
-    return SLURMCluster(**cluster_kwargs(settings, log_dir))
+    cluster = SLURMCluster(**cluster_kwargs(settings, log_dir))
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch") as script:
+        script.write(cluster.job_script())
+        script.flush()
+        res = subprocess.run(["sbatch", "--test-only", script.name], capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        cluster.close()
+        why = " ".join(res.stderr.split()) or f"exit {res.returncode}"
+        raise ConfigError(f"Slurm refuses the worker job ({why}); check the cluster settings (sidpipe cluster-config)")
+    return cluster
 
 
 def describe(cluster, settings: ClusterSettings, jobs: int) -> str:
