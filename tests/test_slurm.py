@@ -221,6 +221,13 @@ def wait_tiles(folder: Path, count: int, timeout: float = 180) -> None:
     assert folder.exists(), "the task never started tiles"
 
 
+def wait_log(log: Path, text: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (log.exists() and text in log.read_text(errors="replace")):
+        time.sleep(0.1)
+    assert log.exists() and text in log.read_text(errors="replace"), f"{text!r} never appeared in {log}"
+
+
 def test_usr1_requeue_and_preemption_requeue_resume_to_the_same_bytes(slurm, inputs, tmp_path):
     """USR1 (what --signal=B:USR1@N sends before the time limit): the task checkpoints and requeues itself.
     Then a requeue from outside (what preemption does: SIGTERM, then back to the queue): it checkpoints
@@ -234,11 +241,18 @@ def test_usr1_requeue_and_preemption_requeue_resume_to_the_same_bytes(slurm, inp
     log = out / ".sidpipe-batch" / "logs" / f"{job}.out"
     for attempt, how in enumerate((["scancel", "--signal=USR1", "--batch", job], ["scontrol", "requeue", job]), 1):
         wait_state(slurm, job, ("RUNNING",))
+        # The restart's own process must be the one signalled: the previous one may still be finishing its tile
+        # while Slurm already shows the requeued job as running again.
+        wait_log(log, f"restart {attempt - 1})")
         wait_tiles(markers, 6 * attempt)
         subprocess.run(how, check=True, timeout=30)
         # Slurm holds a requeued job ~2 min (BeginTime); let it start again at once.
         wait_state(slurm, job, ("PENDING",))
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+    wait_log(log, "restart 2)")
+    deadline = time.time() + 300
+    while not (out / "c.tif").exists() and time.time() < deadline:  # a requeued job can briefly leave squeue
+        time.sleep(0.2)
     wait_state(slurm, job, ("GONE", "COMPLETED"), timeout=300)
     text = log.read_text()
     assert f"requeued Slurm job {job}: it resumes when it starts again" in text, text
