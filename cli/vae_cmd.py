@@ -33,6 +33,7 @@ def vae_check(
 
     from sidpipe.codec import load_vae
     from sidpipe.codec.tiled import TiledCodec
+    from sidpipe.codec.vae import as_rgb, latent_crop
     from sidpipe.devices import resolve_device
     from sidpipe.io.lazy import open_image
 
@@ -46,14 +47,10 @@ def vae_check(
         codec = load_vae(vae, vae_config, resolve_device(device))
         f = codec.factor
         with open_image(reference) as image:
-            c, h, w = image.shape
-            ch, cw = min(h, max_side) // f * f, min(w, max_side) // f * f
-            if ch < f or cw < f:
-                raise SidpipeError(f"reference {w}x{h} is smaller than one latent pixel ({f} px)")
-            y0, x0 = (h - ch) // 2, (w - cw) // 2
-            x = torch.from_numpy(np.ascontiguousarray(image.read(y0, y0 + ch, x0, x0 + cw)))
-        if c == 1:
-            x = x.expand(3, -1, -1).contiguous()
+            _, h, w = image.shape
+            y0, y1, x0, x1 = latent_crop(h, w, f, max_side)
+            ch, cw = y1 - y0, x1 - x0
+            x = as_rgb(torch.from_numpy(np.ascontiguousarray(image.read(y0, y1, x0, x1))))
         typer.echo(f"VAE: {codec.describe()}")
         started = time.perf_counter()
         tiled = TiledCodec(codec)

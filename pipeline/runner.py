@@ -197,15 +197,13 @@ def latent_setup(cfg: Config, options: RunOptions, ref_hw: tuple[int, int]) -> L
                           "--vae-config); see README 'Latent mode'")
     from .codec import load_vae
     from .codec.tiled import TiledCodec
+    from .codec.vae import latent_crop
     from .devices import resolve_device
 
     codec = load_vae(options.vae, options.vae_config, resolve_device(cfg.device))
     f = codec.factor
     h, w = ref_hw
-    ch, cw = h // f * f, w // f * f
-    if min(ch, cw) < f:
-        raise ConfigError(f"reference {w}x{h} is smaller than one latent pixel ({f} px)")
-    crop = ((h - ch) // 2, (h - ch) // 2 + ch, (w - cw) // 2, (w - cw) // 2 + cw)
+    crop = latent_crop(h, w, f)
     out_w = cfg.width or (w if not cfg.height else round(w * cfg.height / h))
     out_h = cfg.height or (h if not cfg.width else round(h * cfg.width / w))
     lat_cfg = cfg.replace(width=-(-out_w // f), height=-(-out_h // f))
@@ -287,10 +285,10 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
 
 def generate_latent(input_path: Path, latent: Latent, plan: Plan, *, progress: Progress | None = None) -> list[np.ndarray]:
     """In memory: encode the reference in tiles, sample latents, decode each in tiles; (3, H, W) in [-1, 1]."""
+    from .codec.vae import as_rgb
+
     y0, y1, x0, x1 = latent.crop
-    x = torch.from_numpy(load_image(input_path)[:, y0:y1, x0:x1])
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
+    x = as_rgb(torch.from_numpy(load_image(input_path)[:, y0:y1, x0:x1]))
     tc = latent.tiled
     z_ref = tc.encode(x.contiguous(), **latent.coding("encode"))
     images = generate(z_ref.numpy(), latent.cfg, progress=progress, plan=plan, clamp=False)

@@ -29,7 +29,7 @@ from ..errors import Interrupted
 from ..io.write import write_bytes_atomic
 from ..store import RunDir
 from .tiled import NetState, TiledCodec, TiledNet
-from .vae import CodecError
+from .vae import CodecError, as_rgb
 
 Progress = Callable[[dict], None]
 
@@ -48,8 +48,7 @@ class ArraySource:
 
 def _reader(source) -> Callable[[int, int, int, int], torch.Tensor]:
     def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-        x = torch.from_numpy(source.read(y0, y1, x0, x1))
-        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+        return as_rgb(torch.from_numpy(source.read(y0, y1, x0, x1)))
     return read
 
 

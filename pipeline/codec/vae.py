@@ -41,6 +41,22 @@ class CodecError(SidpipeError):
     """The VAE's files are missing, unreadable or do not match its config."""
 
 
+def as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) pixels as the 3 channels a VAE encodes: a gray image repeated, an RGB one as it is."""
+    return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
+
+
+def latent_crop(h: int, w: int, factor: int, max_side: int | None = None) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the centred crop of an h x w image (each side at most `max_side`) to whole latent
+    pixels of `factor` px; a CodecError when not even one fits."""
+    ch, cw = (min(h, max_side), min(w, max_side)) if max_side is not None else (h, w)
+    ch, cw = ch // factor * factor, cw // factor * factor
+    if min(ch, cw) < factor:
+        raise CodecError(f"reference {w}x{h} is smaller than one latent pixel ({factor} px)")
+    y0, x0 = (h - ch) // 2, (w - cw) // 2
+    return y0, y0 + ch, x0, x0 + cw
+
+
 def shipped_configs() -> dict[str, Any]:
     """Every bundled VAE config, by name (file stem)."""
     root = resources.files(VAE_CONFIGS)
