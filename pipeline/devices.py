@@ -64,3 +64,41 @@ def release_memory() -> None:
 
     gc.collect()
     trim_heap()
+
+
+# This process's GPU when it is one of a pool's one-per-GPU workers (`pin_gpu`), else None.
+_GPU_SLOT: int | None = None
+
+
+def gpu_worker_layout(device: torch.device, scheduler: str, workers: int, *, address: str | None = None,
+                      count: int | None = None) -> tuple[str, int]:
+    """The tile workers for `device`: unchanged on a CPU; on CUDA one worker per GPU. A faiss GPU index is
+    not thread-safe and a CUDA context per card keeps each one busy, so with several GPUs each worker is a
+    process pinned to its own card (`pin_gpu`), and with one GPU the tiles run one at a time in this
+    process. count: the number of GPUs (default: torch's). A remote dask scheduler keeps its layout."""
+    if device.type != "cuda" or address:
+        return scheduler, workers
+    count = torch.cuda.device_count() if count is None else count
+    return ("processes", count) if count > 1 else ("threads", 1)
+
+
+def pin_gpu(counter) -> None:
+    """Initializer of a one-per-GPU worker process: take the next slot of the shared `counter` (a
+    multiprocessing Value) as this process's GPU."""
+    global _GPU_SLOT
+    with counter.get_lock():
+        _GPU_SLOT = counter.value
+        counter.value += 1
+    if torch.cuda.is_available():  # pragma: no cover - needs a GPU
+        torch.cuda.set_device(_GPU_SLOT % torch.cuda.device_count())
+
+
+def gpu_slot() -> int | None:
+    return _GPU_SLOT
+
+
+def worker_device(device: torch.device) -> torch.device:
+    """The device a tile worker computes on: its own card when it is a pinned GPU worker, else `device`."""
+    if device.type != "cuda" or device.index is not None or _GPU_SLOT is None:
+        return device
+    return torch.device("cuda", _GPU_SLOT % max(1, torch.cuda.device_count()))  # pragma: no cover - needs a GPU

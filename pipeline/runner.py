@@ -17,7 +17,7 @@ import zarr
 
 from . import __version__
 from .config import Config
-from .devices import release_memory
+from .devices import gpu_worker_layout, release_memory
 from .errors import ConfigError, DiskFull, Interrupted, disk_full
 from .io.bigtiff import BIGTIFF_MODES, COMPRESSIONS, ZarrSource
 from .io.color import INTENTS
@@ -245,12 +245,14 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     if not tiled and out.suffix.lower() == ".zarr":
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     spec, output_line = options.output_spec(input_path, out, (oh, ow), out_channels)
+    layout = gpu_worker_layout(plan.device, options.scheduler, options.workers or torch.get_num_threads(),
+                               address=options.address)
     if progress is not None:
         event = {"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
                  "tiled": tiled, "tile": options.tile_size if latent is None else latent.sample_tile(options.tile_size),
                  "channels": channels if latent is None else latent.channels,
-                 "workers": options.jobs if options.cluster is not None else options.workers or torch.get_num_threads(),
-                 "scheduler": "slurm" if options.cluster is not None else options.scheduler,
+                 "workers": options.jobs if options.cluster is not None else layout[1],
+                 "scheduler": "slurm" if options.cluster is not None else layout[0],
                  "output": output_line}
         if latent is not None:
             dec = latent.tiled.decoder
@@ -376,8 +378,9 @@ def _drive(run: RunDir, input_path: Path, out: Path, cfg: Config, plan: Plan, op
         executor = Executor("slurm", options.jobs, cluster=options.cluster, log_dir=run.path / "slurm-logs",
                             progress=progress)
     else:
-        scheduler = "distributed" if options.address else options.scheduler
-        executor = Executor(scheduler, options.workers or cores, options.address)
+        scheduler, workers = gpu_worker_layout(plan.device, "distributed" if options.address else options.scheduler,
+                                               options.workers or cores, address=options.address)
+        executor = Executor(scheduler, workers, options.address, pin_gpus=plan.device.type == "cuda")
     try:
         sample_tiled(run, cfg, plan, channels=channels, tile=tile, executor=executor, seed=cfg.seed,
                      progress=progress, hooks=hooks)

@@ -30,7 +30,7 @@ import torch
 
 from .config import Config
 from .denoise import ImageDenoiser
-from .devices import release_memory, trim_heap
+from .devices import pin_gpu, release_memory, trim_heap, worker_device
 from .errors import Interrupted
 from .index import IVFIndex
 from .index.ivf import set_threads
@@ -123,7 +123,7 @@ class Worker:
         plan = manifest["plan"]
         self.plan = Plan(
             ref_sizes=[tuple(s) for s in plan["ref_sizes"]], out_sizes=[tuple(s) for s in plan["out_sizes"]],
-            device=torch.device(plan["device"]), precision=plan["precision"], indexes=plan["indexes"],
+            device=worker_device(torch.device(plan["device"])), precision=plan["precision"], indexes=plan["indexes"],
             patches=plan["patches"], query_strides=resolve_query_strides(self.cfg, [tuple(s) for s in plan["out_sizes"]]))
         self._denoisers: dict[int, ImageDenoiser] = {}
         self._lock = threading.Lock()
@@ -298,7 +298,7 @@ class Executor:
     """
 
     def __init__(self, scheduler: str, workers: int, address: str | None = None, *, cluster=None,
-                 log_dir: Path | None = None, progress: Progress | None = None) -> None:
+                 log_dir: Path | None = None, progress: Progress | None = None, pin_gpus: bool = False) -> None:
         self.scheduler, self.workers = scheduler, max(1, workers)
         self.cores = torch.get_num_threads()
         # threads per task: share the cores between concurrent tasks, never oversubscribe (0: a remote
@@ -330,7 +330,12 @@ class Executor:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            ctx = multiprocessing.get_context("spawn")
+            if pin_gpus:  # one process per GPU, each pinned to its own card (`devices.gpu_worker_layout`)
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=pin_gpu,
+                                                 initargs=(ctx.Value("i", 0),))
+            else:
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
         elif scheduler != "threads":
             raise ValueError(f"unknown scheduler {scheduler!r}")
 
