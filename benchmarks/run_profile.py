@@ -11,7 +11,9 @@ reference: the same scales, indexes and query strides apply, so each scale costs
 seconds per tile times the projected number of tiles. Where the projected scale has a larger query
 stride than the measured one the measured per-tile figure is kept (an upper bound: fewer queries).
 Index building does not depend on the output size and is carried over; writing the output scales with
-its pixel count (from --output's time after the last marker).
+its pixel count (from --output's time after the last marker). A latent run (`--codec vae`) also reports
+the tiled encode of the reference (carried over: same reference) and the tiled decode (scaled with the
+output's pixels); its scales are in latent px, and --project is still given in output px.
 """
 
 from __future__ import annotations
@@ -57,7 +59,15 @@ def main() -> None:
 
     n = len(out_sizes)
     h, w = out_sizes[0]
-    print(f"measured run: {w}x{h}, tile {tile}, {n} scales, reference {plan['ref_sizes'][0][1]}x{plan['ref_sizes'][0][0]}")
+    vae = manifest["identity"].get("vae")  # a latent run: sizes above are latent px, the output is in px
+    factor = manifest["identity"]["output_pixels"][0] // h if vae else 1
+    unit = f" latent px ({factor}x down, {vae['kind']} VAE)" if vae else ""
+    print(f"measured run: {w}x{h}{unit}, tile {tile}, {n} scales, reference {plan['ref_sizes'][0][1]}x{plan['ref_sizes'][0][0]}")
+    encode = decode = 0.0
+    if vae:
+        encode = stages.get("encode-state", 0.0) + stages.get("encode", 0.0)
+        decode = stages.get("decode-state", 0.0) + stages.get("decode", 0.0)
+        print(f"  encode the reference (tiled)      {encode:8.1f} s")
     print(f"  reference pyramid into ref.zarr   {stages.get('reference', float('nan')):8.1f} s")
     build = sum(v for k, v in stages.items() if k.startswith("index-"))
     print(f"  index builds (all scales)         {build:8.1f} s")
@@ -77,6 +87,8 @@ def main() -> None:
         spec = ivf_params(cfg, plan["patches"][s], dim).factory(dim, plan["patches"][s]) if kind == "ivf" else ""
         print(f"{s:>5} {f'{sw}x{sh}':>11} {plan['patches'][s]:>9} {(spec or kind):>22} {strides[s]:>2} {nt:>5} "
               f"{a:8.1f} {b:7.1f} {per_tile[s]:8.2f} {1e6 * (a + b) / (sh * sw):6.2f}")
+    if vae:
+        print(f"  decode (tiled, statistics incl.)  {decode:8.1f} s")
     write = None
     if args.output is not None and args.output.exists():
         write = max(0.0, args.output.stat().st_mtime - last_marker)
@@ -85,10 +97,12 @@ def main() -> None:
         print(f"  writing the output                {write:8.1f} s")
 
     pw, ph = (int(v) for v in args.project.lower().split("x"))
+    if vae:  # sampled in latent px; encoding the same reference is carried over, decoding scales with pixels
+        pw, ph = -(-pw // factor), -(-ph // factor)
     proj_sizes = scale_sizes(ph, pw, n, cfg.scale_factor, min_side=cfg.patch_size)
     proj_strides = resolve_query_strides(cfg, proj_sizes)
     print(f"\nprojection: {pw}x{ph} ({pw * ph / 1e9:.2f} GP) from the same reference, same settings")
-    total = stages.get("reference", 0.0) + build
+    total = stages.get("reference", 0.0) + build + encode
     for s in range(n - 1, -1, -1):
         nt = tiles(proj_sizes[s], tile)
         cost = nt * per_tile[s]
@@ -96,11 +110,16 @@ def main() -> None:
         note = "" if proj_strides[s] == strides[s] else f"  (measured at stride {strides[s]}: upper bound)"
         print(f"  scale {s}: {proj_sizes[s][1]}x{proj_sizes[s][0]}, stride {proj_strides[s]}, {nt} tiles x "
               f"{per_tile[s]:.2f} s = {cost / 60:7.1f} min{note}")
+    if vae:
+        dcost = decode * (pw * ph) / (w * h)
+        total += dcost
+        print(f"  decode: {dcost / 60:.1f} min (measured {decode:.1f} s x {pw * ph / (w * h):.0f}); "
+              f"encode carried over ({encode:.1f} s)")
     if write is not None:
         wcost = write * (pw * ph) / (w * h)
         total += wcost
         print(f"  writing: {wcost / 60:.1f} min (measured {write:.1f} s x {pw * ph / (w * h):.0f})")
-    state_gb = 3 * 4 * 3 * pw * ph / 1e9  # x0, x1, xhat float32 at the finest scale
+    state_gb = 3 * 4 * manifest["layout"]["channels"] * pw * ph / 1e9  # x0, x1, xhat float32, finest scale
     print(f"  total: {total / 3600:.2f} h on this machine; finest-scale state on disk ~{state_gb:.0f} GB")
 
 
