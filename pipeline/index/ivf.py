@@ -15,6 +15,7 @@ import copy
 import json
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,6 +93,31 @@ def _on_one_thread(fn, *args):
         return pool.submit(fn, *args).result()
 
 
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)  # this thread's intra-op threads only (OpenMP's per-thread setting)
+
+
+_PROJECTOR: ThreadPoolExecutor | None = None
+_PROJECTOR_LOCK = threading.Lock()
+
+
+def _projector() -> ThreadPoolExecutor:
+    """Helper threads, one intra-op thread each, for the PCA of queries (as many as the cores, so tasks
+    running at once do not wait for each other)."""
+    global _PROJECTOR
+    with _PROJECTOR_LOCK:
+        if _PROJECTOR is None:
+            _PROJECTOR = ThreadPoolExecutor(max(2, os.cpu_count() or 1), initializer=_one_torch_thread,
+                                            thread_name_prefix="sidpipe-pca")
+        return _PROJECTOR
+
+
+def _pca_rows(q: np.ndarray, a: torch.Tensor, b: torch.Tensor, rounded: bool) -> np.ndarray:
+    with torch.no_grad():
+        y = (torch.from_numpy(q).double() @ a).add_(b)
+        return (y.float() if rounded else y).numpy()
+
+
 def set_threads(n: int) -> None:
     """Give faiss the same number of OpenMP threads as torch, so the two never oversubscribe the cores."""
     _faiss().omp_set_num_threads(max(1, n))
@@ -158,13 +184,15 @@ class IVFIndex:
         self._pca = (torch.from_numpy(a.T.astype(np.float64)), torch.from_numpy(b.astype(np.float64)))
         self._ivf = faiss.downcast_index(pre.index)
 
-    def _project(self, q: np.ndarray) -> np.ndarray:
-        """The PCA of queries, computed in float64 and rounded to float32: a row's float64 result may change
-        in its last bits with the batch, which survives the rounding only if it straddles a float32
-        rounding boundary (~1e-8 per coordinate), so rows come out the same in practice."""
-        a, b = self._pca
-        y = torch.from_numpy(q).double() @ a
-        return y.add_(b).float().numpy()
+    def _project(self, q: np.ndarray, rounded: bool = True) -> np.ndarray:
+        """The PCA of queries, computed in float64 on one intra-op thread and rounded to float32.
+
+        One thread: a float64 GEMM's rows change in their last bits with the thread count (measured: 4.3M
+        of 5.2M values of balloons' finest-scale queries between 1 and 2 threads), which survives the
+        rounding to float32 where a value straddles a rounding boundary (~1e-9 of the values: none of
+        those 5.2M, but thousands in a gigapixel run). A row's float64 result may also change with the
+        batch around it; that too survives the rounding only at such a boundary."""
+        return _projector().submit(_pca_rows, q, *self._pca, rounded).result()
 
     def _set_nprobe(self, nprobe: int) -> None:
         faiss = _faiss()
