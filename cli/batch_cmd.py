@@ -12,12 +12,15 @@ from sidpipe.errors import SidpipeError
 
 from . import app, fail
 
+MANIFEST_HELP = ("File of inputs, one a line: INPUT, or INPUT<TAB>OUTPUT_NAME (a file name in OUT_DIR; "
+                 "EXT added if it has none); # comments; relative paths from the file's folder.")
 MANAGED = ("--out", "-o", "--workdir", "--cluster", "--jobs", "--address", "--requeue")
 
 
-def _prepare(inputs: list[Path], out_dir: Path, ext: str, run: str, preset: str, set_: list[str] | None):
+def _prepare(inputs: list[Path] | None, manifest: Path | None, out_dir: Path, ext: str, run: str, preset: str,
+             set_: list[str] | None):
     from sidpipe.cluster import load_settings
-    from sidpipe.cluster.batch import Batch, plan_tasks
+    from sidpipe.cluster.batch import Batch, plan_tasks, read_manifest
     from sidpipe.config import parse_set, preset_cluster
 
     overrides = parse_set(set_ or [])
@@ -36,15 +39,20 @@ def _prepare(inputs: list[Path], out_dir: Path, ext: str, run: str, preset: str,
         run_args = ["--preset", preset, *run_args]
     if not out_dir.is_dir():
         raise SidpipeError(f"--out-dir does not exist: {out_dir}")
-    tasks = plan_tasks(inputs, out_dir, ext)
+    listed = read_manifest(manifest) if manifest is not None else []
+    inputs = [*(inputs or []), *(source for source, _ in listed)]
+    names = [None] * (len(inputs) - len(listed)) + [name for _, name in listed]
+    tasks = plan_tasks(inputs, out_dir, ext, names)
     return Batch(out_dir), tasks, settings, run_args
 
 
 @app.command("batch")
 def batch(
-    inputs: Annotated[list[Path], typer.Argument(help="Reference images; one output each.", show_default=False)],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Reference images; one output each.",
+                                                           show_default=False)] = None,
     *,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder of the outputs (OUT_DIR/STEM.EXT).")],
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help=MANIFEST_HELP)] = None,
     ext: Annotated[str, typer.Option(help="Output type of every task.")] = ".tif",
     run: Annotated[str, typer.Option("--run", help="Options of each task's `sidpipe run`, e.g. \"--size 8000x6000 "
                                      "--seed 1\".")] = "",
@@ -59,7 +67,7 @@ def batch(
     try:
         if array_throttle is not None and array_throttle < 1:
             raise SidpipeError("--array-throttle must be >= 1")
-        state, tasks, settings, run_args = _prepare(inputs, out_dir, ext, run, preset, set_)
+        state, tasks, settings, run_args = _prepare(inputs, manifest, out_dir, ext, run, preset, set_)
         status = state.status(tasks)
         todo = [t for t in tasks if status[t] not in ("done",) and not status[t].startswith(("pending", "running"))]
         done = sum(s == "done" for s in status.values())
@@ -90,9 +98,11 @@ def batch(
 
 @app.command("slurm-script")
 def slurm_script(
-    inputs: Annotated[list[Path], typer.Argument(help="Reference images; one output each.", show_default=False)],
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Reference images; one output each.",
+                                                           show_default=False)] = None,
     *,
     out_dir: Annotated[Path, typer.Option("--out-dir", help="Folder of the outputs (OUT_DIR/STEM.EXT).")],
+    manifest: Annotated[Optional[Path], typer.Option("--manifest", help=MANIFEST_HELP)] = None,
     ext: Annotated[str, typer.Option(help="Output type of every task.")] = ".tif",
     run: Annotated[str, typer.Option("--run", help="Options of each task's `sidpipe run`.")] = "",
     preset: Annotated[str, typer.Option(help="Preset of the runs (its cluster: section applies too).")] = "default",
@@ -103,7 +113,7 @@ def slurm_script(
     from sidpipe.cluster.batch import script
 
     try:
-        state, tasks, settings, run_args = _prepare(inputs, out_dir, ext, run, preset, set_)
+        state, tasks, settings, run_args = _prepare(inputs, manifest, out_dir, ext, run, preset, set_)
         listing = state.state / "tasks-N.tsv"
         typer.echo(f"# task list {listing} (written by sidpipe batch), line i = array task i:")
         for i, t in enumerate(tasks):

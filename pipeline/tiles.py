@@ -352,10 +352,11 @@ class Executor:
         """Threads for each of `tasks` tasks of one pass: a pass with fewer tasks than workers (a coarse
         scale's single tile) gives each of them more of the cores.
 
-        torch's CPU kernels can round differently with another thread count (measured: the in-memory
-        512x512 default-preset sample differs by up to 0.0075 between 1 and 2 threads), so a Slurm worker
-        job applies the same rule to its own cores and `tasks_per_job`: `--cluster slurm` with cores=C and
-        tasks_per_job=K gives each task the threads `--workers K` gives it on a C-core machine."""
+        A Slurm worker job applies the same rule to its own cores and `tasks_per_job` (cores=C,
+        tasks_per_job=K gives each task the threads `--workers K` gives it on a C-core machine), so a
+        coarse pass with fewer tiles than K uses the job's idle cores. The pixels do not depend on it: the
+        denoisers and the IVF index build give the same bits with any thread count
+        (tests/test_exact_tiled.py, tests/test_ivf_threads.py)."""
         if self.threads == 0:
             return 0
         if self.scheduler == "slurm":

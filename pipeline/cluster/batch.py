@@ -39,15 +39,41 @@ class Task:
     output: Path
 
 
-def plan_tasks(inputs: list[Path], out_dir: Path, ext: str) -> list[Task]:
-    """One task per input, output OUT_DIR/STEM.EXT; refuses missing inputs and clashing output names."""
+def read_manifest(path: Path) -> list[tuple[Path, str | None]]:
+    """(input, output name or None) per line of a manifest: `INPUT` or `INPUT<TAB>OUTPUT_NAME`; blank lines
+    and lines starting with # are skipped; a relative INPUT is relative to the manifest's folder."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the manifest {path}: {exc.strerror or exc}") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        source, _, name = line.partition("\t")
+        source, name = source.strip(), name.strip()
+        if not source or "\t" in name:
+            raise ConfigError(f"{path} line {number}: expected INPUT or INPUT<TAB>OUTPUT_NAME")
+        entries.append((path.parent / Path(source).expanduser(), name or None))
+    return entries
+
+
+def plan_tasks(inputs: list[Path], out_dir: Path, ext: str, names: list[str | None] | None = None) -> list[Task]:
+    """One task per input, output OUT_DIR/STEM.EXT, or OUT_DIR/NAME for a given name (NAME.EXT if NAME has
+    no extension); refuses missing inputs, names with a folder and clashing output names."""
     if not ext.startswith("."):
         ext = "." + ext
     tasks, seen = [], {}
-    for path in inputs:
+    for path, name in zip(inputs, names or [None] * len(inputs)):
         if not path.is_file():
             raise ConfigError(f"input not found: {path}")
-        out = out_dir.resolve() / f"{path.stem}{ext}"
+        if name is not None and (Path(name).name != name or name in (".", "..")):
+            raise ConfigError(f"output name {name!r} of {path} must be a file name in --out-dir, without a folder")
+        if name is None:
+            name = f"{path.stem}{ext}"
+        elif not Path(name).suffix:
+            name += ext
+        out = out_dir.resolve() / name
         if out in seen:
             raise ConfigError(f"{seen[out]} and {path} would both write {out.name}; rename one")
         seen[out] = path

@@ -12,10 +12,11 @@ image, so PCA/PQ only decide *which* patches are candidates.
 from __future__ import annotations
 
 import copy
-
 import json
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,6 +77,45 @@ class IVFParams:
             raise ConfigError(f"pq={self.pq} must divide the descriptor dimension {d}")
         post = ",RFlat" if self.refine else ""
         return f"{pre}IVF{self.resolved_nlist(n)},{f'PQ{self.pq}x8' if self.pq else 'Flat'}{post}"
+
+
+def _one_omp_thread() -> None:
+    # torch sets a new thread's OpenMP thread count to its own on the thread's first torch call, and torch
+    # and faiss can share one libgomp (torch loads its libgomp globally): let torch do that first.
+    torch.get_num_threads()
+    _faiss().omp_set_num_threads(1)
+
+
+def _on_one_thread(fn, *args):
+    """fn(*args) in a helper thread whose faiss (and faiss's OpenBLAS) runs on one OpenMP thread: OpenMP's
+    thread count is a per-thread setting, so the caller's own stays as it was."""
+    with ThreadPoolExecutor(1, initializer=_one_omp_thread) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)  # this thread's intra-op threads only (OpenMP's per-thread setting)
+
+
+_PROJECTOR: ThreadPoolExecutor | None = None
+_PROJECTOR_LOCK = threading.Lock()
+
+
+def _projector() -> ThreadPoolExecutor:
+    """Helper threads, one intra-op thread each, for the PCA of queries (as many as the cores, so tasks
+    running at once do not wait for each other)."""
+    global _PROJECTOR
+    with _PROJECTOR_LOCK:
+        if _PROJECTOR is None:
+            _PROJECTOR = ThreadPoolExecutor(max(2, os.cpu_count() or 1), initializer=_one_torch_thread,
+                                            thread_name_prefix="sidpipe-pca")
+        return _PROJECTOR
+
+
+def _pca_rows(q: np.ndarray, a: torch.Tensor, b: torch.Tensor, rounded: bool) -> np.ndarray:
+    with torch.no_grad():
+        y = (torch.from_numpy(q).double() @ a).add_(b)
+        return (y.float() if rounded else y).numpy()
 
 
 def set_threads(n: int) -> None:
@@ -144,13 +184,15 @@ class IVFIndex:
         self._pca = (torch.from_numpy(a.T.astype(np.float64)), torch.from_numpy(b.astype(np.float64)))
         self._ivf = faiss.downcast_index(pre.index)
 
-    def _project(self, q: np.ndarray) -> np.ndarray:
-        """The PCA of queries, computed in float64 and rounded to float32: a row's float64 result may change
-        in its last bits with the batch, which survives the rounding only if it straddles a float32
-        rounding boundary (~1e-8 per coordinate), so rows come out the same in practice."""
-        a, b = self._pca
-        y = torch.from_numpy(q).double() @ a
-        return y.add_(b).float().numpy()
+    def _project(self, q: np.ndarray, rounded: bool = True) -> np.ndarray:
+        """The PCA of queries, computed in float64 on one intra-op thread and rounded to float32.
+
+        One thread: a float64 GEMM's rows change in their last bits with the thread count (measured: 4.3M
+        of 5.2M values of balloons' finest-scale queries between 1 and 2 threads), which survives the
+        rounding to float32 where a value straddles a rounding boundary (~1e-9 of the values: none of
+        those 5.2M, but thousands in a gigapixel run). A row's float64 result may also change with the
+        batch around it; that too survives the rounding only at such a boundary."""
+        return _projector().submit(_pca_rows, q, *self._pca, rounded).result()
 
     def _set_nprobe(self, nprobe: int) -> None:
         faiss = _faiss()
@@ -163,7 +205,18 @@ class IVFIndex:
 
     @classmethod
     def build(cls, image: torch.Tensor, grid: PatchGrid, params: IVFParams = IVFParams()) -> IVFIndex:
-        """Train on a random sample of train_factor * nlist patches, then add every patch in chunks."""
+        """Train on a random sample of train_factor * nlist patches, then add every patch in chunks.
+
+        faiss builds on one OpenMP thread (a helper thread's own setting, see `_on_one_thread`): its
+        OpenBLAS rounds the PCA covariance and eigenvectors, the k-means distances and the cells the
+        patches are added to differently with another thread count (measured on balloons' finest scale,
+        40k patches: PCA matrices 0.33 apart, k-means centroids 0.20 apart, 168 of 40k patches in other
+        cells between 1 and 2 threads), and the index decides which patches every query sees.
+        """
+        return _on_one_thread(cls._build, image, grid, params)
+
+    @classmethod
+    def _build(cls, image: torch.Tensor, grid: PatchGrid, params: IVFParams) -> IVFIndex:
         faiss = _faiss()
         image = image.float().cpu()
         n = grid.size
@@ -178,7 +231,7 @@ class IVFIndex:
         train_ids = np.sort(rng.choice(n, size=n_train, replace=False))
         train = gather_patches(image, grid, torch.from_numpy(train_ids)).numpy()
         # k-means and the cell assignment of 10^7 patches are GEMM-sized: let faiss use BLAS while building
-        # (the index is built once and saved; every searcher loads the same file).
+        # (one-threaded BLAS: the same bits with any number of cores).
         faiss.cvar.distance_compute_blas_threshold = BUILD_BLAS_THRESHOLD
         try:
             index.train(np.ascontiguousarray(train, dtype=np.float32))
