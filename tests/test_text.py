@@ -136,7 +136,7 @@ def test_style_strength_zero_is_the_reconstruction_bit_for_bit(ref_path, style_r
 def test_style_guidance_lowers_the_clip_loss(clip_dir, style_runs):
     guided, plain, _ = style_runs
     assert np.abs(guided - plain).max() > 0.05
-    assert clip_loss(clip_dir, guided) < clip_loss(clip_dir, plain) - 1e-3
+    assert clip_loss(clip_dir, guided) < clip_loss(clip_dir, plain) - 0.01
 
 
 @pytest.mark.parametrize("fill", [0.5, 0.2])
@@ -171,7 +171,7 @@ def test_content_guidance_lowers_the_clip_loss_with_one_mask(clip_dir, content_r
     guided, _, plain, hooks = content_runs
     guide = hooks.start.__self__.guides[2]
     assert abs(float(guide.first_mask.float().mean()) - 0.5) < 0.02  # made once, at the first guided scale
-    assert clip_loss(clip_dir, guided) < clip_loss(clip_dir, plain) - 1e-3
+    assert clip_loss(clip_dir, guided) < clip_loss(clip_dir, plain) - 0.01
 
 
 @pytest.mark.slow

@@ -194,11 +194,14 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def view_size(h: int, w: int, short: int) -> tuple[int, int]:
-    """(h, w) of view 0: short side `short`, aspect kept, long side capped at MAX_ASPECT * short."""
+    """(h, w) of view 0: the short side `short` with the aspect kept, unless the long side would then exceed
+    MAX_ASPECT * short: then the long side is that and the short side shrinks (torchvision's max_size rule)."""
     cap = int(MAX_ASPECT * short)
-    if h <= w:
-        return short, min(cap, max(short, round(w * short / h)))
-    return min(cap, max(short, round(h * short / w))), short
+    lo, hi = min(h, w), max(h, w)
+    new_lo, new_hi = short, round(hi * short / lo)
+    if new_hi > cap:
+        new_lo, new_hi = max(1, round(lo * cap / hi)), cap
+    return (new_lo, new_hi) if h <= w else (new_hi, new_lo)
 
 
 def _homography(src: list[tuple[float, float]], dst: list[tuple[float, float]]) -> torch.Tensor:

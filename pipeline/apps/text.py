@@ -202,6 +202,9 @@ class TextJob:
         self.low = min(self.small)
         self.k = noise_level_step(level, cfg.steps) if kind == "style" else cfg.steps
         self.levels = reference_pyramid(ref, plan.ref_sizes)
+        if kind == "content" and plan.num_scales < 2:
+            raise ConfigError("text-content guides every scale but the coarsest: it needs at least 2 scales "
+                              "(--set num_scales=N, or a smaller coarsest_ratio)")
         if kind == "style" and any(tuple(r) != tuple(o) for r, o in zip(plan.ref_sizes, plan.out_sizes)):
             raise ConfigError("text-style keeps the reference's size: do not give --size")
         self.targets = clip.text_embeddings(text, TEMPLATES_HR) if guidance.strength > 0 else None
@@ -225,16 +228,14 @@ class TextJob:
             if self.kind == "style":
                 x, _ = invert(self.levels[s].to(plan.device), denoise, level=self.level,
                               steps=cfg.steps, seed=seed, scale=s)
-                eta = 0.0
             else:
                 x = noise_region(self.levels[s].shape[0], 0, h, 0, w, seed=seed, scale=s, step=cfg.steps).to(plan.device)
-                eta = cfg.eta
             hooks = None
             if guide is not None and (self.kind == "style" or s != coarsest):
                 if isinstance(guide, ContentGuide):
                     guide.enter((h, w))
                 hooks = Hooks(transform=guide.transform)
-            coarse = sample_scale(denoise, x, steps=cfg.steps, eta=eta, seed=seed, scale=s, coarse=coarse,
+            coarse = sample_scale(denoise, x, steps=cfg.steps, eta=cfg.eta, seed=seed, scale=s, coarse=coarse,
                                   blend_last_step=cfg.blend_last_step, start_step=self.k, hooks=hooks).cpu()
             out[s] = coarse
         return out
@@ -265,9 +266,7 @@ class TextJob:
                 self.results[seed] = self.compute(seed)
 
     def hooks(self, identity: dict) -> Hooks:
-        eta_eff = 0.0 if self.kind == "style" else self.cfg.eta
-        return Hooks(start=self.start, init=self.init, identity={**identity, "guided_scales": self.small,
-                                                                 "eta": eta_eff})
+        return Hooks(start=self.start, init=self.init, identity={**identity, "guided_scales": self.small})
 
 
 class RoiEdit:
