@@ -268,3 +268,13 @@ def test_bad_input_is_one_line_and_writes_nothing(ref_path, clip_dir, not_clip, 
     assert res.exit_code == 1 and len(lines) == 1 and needle in lines[0], res.output
     assert lines[0].startswith("sidpipe: error:") and not dst.exists()
     assert not any(tmp_path.iterdir())
+
+
+def test_text_style_above_one_megapixel_gets_the_fewest_scales_with_a_guided_coarsest():
+    one = load_config("text-style")
+    assert text.scales_for(one, 1000, 1000).num_scales == 1          # <= 2^20 px: the official single scale
+    assert text.scales_for(one, 2048, 2048).num_scales == 2          # 1024^2 = 2^20 at the coarsest
+    assert text.scales_for(one, 3000, 5000).num_scales == 3          # 750 x 1250 = 0.94 MP
+    assert text.scales_for(one.replace(num_scales=4), 3000, 5000).num_scales == 4  # the user's choice stands
+    plan = make_plan(text.scales_for(one, 3000, 5000).replace(width=5000, height=3000), (3000, 5000))
+    assert text.guided_scales(plan) == [2]
