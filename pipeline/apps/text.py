@@ -210,6 +210,7 @@ class TextJob:
         self.targets = clip.text_embeddings(text, TEMPLATES_HR) if guidance.strength > 0 else None
         self.results: dict[int, dict[int, torch.Tensor]] = {}
         self.guides: dict[int, Guide] = {}
+        self.denoisers: dict[int, Callable] = {}
 
     def compute(self, seed: int) -> dict[int, torch.Tensor]:
         """x_{s,0} of every in-memory scale for this seed (coarsest first, each blended with the one below)."""
@@ -223,7 +224,9 @@ class TextJob:
         coarse = None
         coarsest = plan.num_scales - 1
         for s in sorted(self.small, reverse=True):
-            denoise = make_denoiser(self.levels[s], plan.indexes[s], cfg, plan, scale=s)
+            if s not in self.denoisers:  # shared by the samples (seeds)
+                self.denoisers[s] = make_denoiser(self.levels[s], plan.indexes[s], cfg, plan, scale=s)
+            denoise = self.denoisers[s]
             h, w = plan.out_sizes[s]
             if self.kind == "style":
                 x, _ = invert(self.levels[s].to(plan.device), denoise, level=self.level,
@@ -235,7 +238,8 @@ class TextJob:
                 if isinstance(guide, ContentGuide):
                     guide.enter((h, w))
                 hooks = Hooks(transform=guide.transform)
-            coarse = sample_scale(denoise, x, steps=cfg.steps, eta=cfg.eta, seed=seed, scale=s, coarse=coarse,
+            below = None if coarse is None else coarse.to(plan.device)
+            coarse = sample_scale(denoise, x, steps=cfg.steps, eta=cfg.eta, seed=seed, scale=s, coarse=below,
                                   blend_last_step=cfg.blend_last_step, start_step=self.k, hooks=hooks).cpu()
             out[s] = coarse
         return out
@@ -258,7 +262,7 @@ class TextJob:
 
     def __getstate__(self) -> dict:
         # workers of another process get the finished results (computed by `prepare`), never the model
-        return {**self.__dict__, "clip": None, "guides": {}}
+        return {**self.__dict__, "clip": None, "guides": {}, "denoisers": {}}
 
     def prepare(self, seeds: range) -> None:
         for seed in seeds:
