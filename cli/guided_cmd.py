@@ -106,7 +106,8 @@ def text_style(
         width, height = image_size(ref)
         cfg = job.scales_for(cfg.replace(width=width, height=height), height, width)
         guidance = job.Guidance(strength=strength, fill=fill, momentum=momentum, views=views)
-        return cfg, job.make("style", ref, clip, text, guidance, cfg, level=noise_level, device=_device(cfg))
+        return cfg, job.make("style", ref, clip, text, guidance, cfg, level=noise_level, device=_device(cfg),
+                             report=_reporter(shared))
 
     run_job(shared, ref, app=build)
 
@@ -146,9 +147,14 @@ def text_content(
         gamma = strength if strength is not None else (0.1 if box is not None else 0.5)
         guidance = job.Guidance(strength=gamma, fill=fill, momentum=momentum, views=views, stop=stop_guidance)
         return cfg, job.make("content", ref, clip, text, guidance, cfg, level=noise_level, roi=box, iters=iters,
-                             device=_device(cfg))
+                             device=_device(cfg), report=_reporter(shared))
 
     run_job(shared, ref, size=size, app=build)
+
+
+def _reporter(shared: SharedOptions):
+    """One stderr line per in-memory guided stage (it runs before the plan line), silent with --quiet."""
+    return None if shared.quiet else (lambda line: typer.echo(line, err=True))
 
 
 def _device(cfg) -> str:

@@ -211,6 +211,7 @@ class TextJob:
         self.results: dict[int, dict[int, torch.Tensor]] = {}
         self.guides: dict[int, Guide] = {}
         self.denoisers: dict[int, Callable] = {}
+        self.report: Callable[[str], None] | None = None
 
     def compute(self, seed: int) -> dict[int, torch.Tensor]:
         """x_{s,0} of every in-memory scale for this seed (coarsest first, each blended with the one below)."""
@@ -233,6 +234,12 @@ class TextJob:
                               steps=cfg.steps, seed=seed, scale=s)
             else:
                 x = noise_region(self.levels[s].shape[0], 0, h, 0, w, seed=seed, scale=s, step=cfg.steps).to(plan.device)
+            if self.report is not None:
+                guided = 0 if guide is None or (self.kind == "content" and s == coarsest) else self.k
+                if self.kind == "content" and s == 0:
+                    guided -= min(self.guidance.stop, guided)
+                self.report(f"text-{self.kind}: seed {seed}, scale {s} ({w}x{h}) in memory: "
+                            + ("inversion, then " if self.kind == "style" else "") + f"{self.k} step(s), {guided} guided")
             hooks = None
             if guide is not None and (self.kind == "style" or s != coarsest):
                 if isinstance(guide, ContentGuide):
@@ -262,7 +269,7 @@ class TextJob:
 
     def __getstate__(self) -> dict:
         # workers of another process get the finished results (computed by `prepare`), never the model
-        return {**self.__dict__, "clip": None, "guides": {}, "denoisers": {}}
+        return {**self.__dict__, "clip": None, "guides": {}, "denoisers": {}, "report": None}
 
     def prepare(self, seeds: range) -> None:
         for seed in seeds:
@@ -291,12 +298,15 @@ class RoiEdit:
         self.edited: dict[int, torch.Tensor] = {}
         self.regions: dict[int, KnownRegion] = {}
         self.fixed: dict[tuple[int, int], torch.Tensor] = {}
+        self.report: Callable[[str], None] | None = None
 
     def edit(self, seed: int) -> torch.Tensor:
         """REF with the box replaced by its CLIP-edited version (SinDDM: normalised gradient steps, clamped)."""
         x, y, w, h = self.rect
         crop = self.ref[:, y:y + h, x:x + w].clone().float()
         if self.targets is not None:
+            if self.report is not None:
+                self.report(f"text-content --roi: {self.iters} CLIP steps on the {w}x{h} box, in memory")
             guide = Guide(self.clip, self.targets, self.guidance, seed)
             for i in range(self.iters):
                 grad = guide.gradient(crop, ROI_KEY, i)
@@ -335,7 +345,7 @@ class RoiEdit:
             self.region(seed)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "clip": None}
+        return {**self.__dict__, "clip": None, "report": None}
 
     def hooks(self, identity: dict, seeds: range) -> Hooks:
         # paste and active take no seed: the edit is per seed, so one run directory holds one seed's hooks
@@ -351,11 +361,11 @@ def load_reference(path: Path) -> torch.Tensor:
 
 def make(kind: str, ref_path: Path, clip_dir: Path, text: str, guidance: Guidance, cfg: Config, *,
          level: float | None = None, roi: tuple[int, int, int, int] | None = None, iters: int = 100,
-         device: str = "cpu") -> Callable[[Plan], Hooks]:
+         device: str = "cpu", report: Callable[[str], None] | None = None) -> Callable[[Plan], Hooks]:
     """Hooks of `sidpipe text-style` (kind "style") / `sidpipe text-content` (kind "content") for REF's plan.
 
     Every input is checked here, before any compute: the text, the guidance values, the noise level and
-    the CLIP folder (loaded)."""
+    the CLIP folder (loaded). report: optional, told (one line) what the in-memory guided part is doing."""
     if not text.strip():
         raise ConfigError("--text is empty: give a prompt, e.g. --text \"Van Gogh style\"")
     guidance.check()
@@ -382,9 +392,11 @@ def make(kind: str, ref_path: Path, clip_dir: Path, text: str, guidance: Guidanc
             if cfg.samples > 1:
                 raise ConfigError("text-content --roi draws one sample per run: use --seed for another")
             job = RoiEdit(ref, roi, clip, text, guidance, iters, cfg, plan, ROI_LEVEL if level is None else level)
+            job.report = report
             job.prepare(seeds)
             return job.hooks({**identity, "roi": list(roi), "iters": iters}, seeds)
         job = TextJob(kind, ref, clip, text, guidance, cfg, plan, 1.0 if level is None else level)
+        job.report = report
         job.prepare(seeds)
         return job.hooks(identity)
 
