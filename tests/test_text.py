@@ -278,3 +278,17 @@ def test_text_style_above_one_megapixel_gets_the_fewest_scales_with_a_guided_coa
     assert text.scales_for(one.replace(num_scales=4), 3000, 5000).num_scales == 4  # the user's choice stands
     plan = make_plan(text.scales_for(one, 3000, 5000).replace(width=5000, height=3000), (3000, 5000))
     assert text.guided_scales(plan) == [2]
+
+
+def test_roi_tiled_equals_in_memory(clip_dir, tmp_path):
+    """--roi through the tiled sampler (124 x 93, tiles of 64): the edited box, the fixed coarser scales and the
+    known-region finish give the in-memory pixels."""
+    ref_path = ROOT / "examples" / "apps" / "balloons_small.png"
+    cfg = content_cfg(steps=10)
+    kw = {"roi": (70, 20, 30, 25), "iters": 3, "level": 0.2}
+    mem, _ = run_app("content", ref_path, clip_dir, cfg, 0.1, **kw)
+
+    def hooks_for(plan):
+        return text.make("content", ref_path, clip_dir, PROMPT, text.Guidance(strength=0.1, views=4), cfg, **kw)(plan)
+
+    assert np.array_equal(mem, tiled_result(ref_path, cfg, hooks_for, tmp_path, tile=64))
