@@ -292,3 +292,19 @@ def test_roi_tiled_equals_in_memory(clip_dir, tmp_path):
         return text.make("content", ref_path, clip_dir, PROMPT, text.Guidance(strength=0.1, views=4), cfg, **kw)(plan)
 
     assert np.array_equal(mem, tiled_result(ref_path, cfg, hooks_for, tmp_path, tile=64))
+
+
+def test_the_documented_checkpoint_formats_load_alike(clip_dir, tmp_path):
+    """pytorch_model.bin instead of model.safetensors, vocab.json + merges.txt instead of tokenizer.json."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    shutil.copy(clip_dir / "config.json", alt)
+    torch.save(load_file(clip_dir / "model.safetensors"), alt / "pytorch_model.bin")
+    src = clip_dir.parent / (clip_dir.name + "-tokenizer-src")
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(src / name, alt)
+    assert torch.equal(Clip(alt).text_embeddings(PROMPT), Clip(clip_dir).text_embeddings(PROMPT))
