@@ -1,4 +1,4 @@
-"""Applications guided by another image: analogy, i2i (each builds its hooks from `sidpipe.apps`)."""
+"""Applications guided by another image or by text: analogy, i2i, text-style, text-content (hooks from `sidpipe.apps`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 from sidpipe.errors import SidpipeError
 
 from . import app
-from .common import SharedOptions, run_job, shared_options
+from .common import SharedOptions, SizeOption, run_job, shared_options
 
 
 @app.command("analogy")
@@ -70,3 +70,94 @@ def i2i(
             content, style, channels, cfg.steps, mode=mode, level=noise_level, at_scale=at_scale, match_hist=match_hist)
 
     run_job(shared, style, app=build)
+
+
+TextOption = Annotated[str, typer.Option("--text", help="The prompt, e.g. \"Van Gogh style\".", show_default=False)]
+ClipOption = Annotated[Path, typer.Option("--clip", help="Folder of a Hugging Face CLIP checkpoint (config.json, "
+                                          "model.safetensors, tokenizer files), e.g. openai/clip-vit-base-patch32 "
+                                          "copied in; never downloaded.", show_default=False)]
+FillOption = Annotated[float, typer.Option("--fill", help="Fraction of pixels guided (the gradient-energy mask), "
+                                           "in (0, 1].")]
+ViewsOption = Annotated[int, typer.Option("--views", help="Augmented views per CLIP loss.")]
+
+
+@app.command("text-style")
+@shared_options("text-style")
+def text_style(
+    ref: Annotated[Path, typer.Argument(help="Image to restyle (PNG, JPEG or TIFF).", show_default=False)],
+    *,
+    text: TextOption,
+    clip: ClipOption,
+    noise_level: Annotated[float, typer.Option("--noise-level", help="How far REF is inverted, in (0, 1]: lower "
+                                               "keeps more of it.")] = 0.3,
+    strength: Annotated[float, typer.Option("--strength", help="Guidance step gamma (0 = unguided "
+                                            "reconstruction).")] = 1.0,
+    fill: FillOption = 0.5,
+    momentum: Annotated[float, typer.Option("--momentum", help="Weight lambda of the new estimate against the "
+                                            "previous guided one, in [0, 1].")] = 0.1,
+    views: ViewsOption = 16,
+    shared: SharedOptions,
+) -> None:
+    """Restyle REF toward a text prompt: REF inverted, then reconstructed from its own patches with CLIP guidance."""
+    from sidpipe.apps import text as job
+    from sidpipe.io.read import image_size
+
+    def build(cfg):
+        width, height = image_size(ref)
+        cfg = job.scales_for(cfg.replace(width=width, height=height), height, width)
+        guidance = job.Guidance(strength=strength, fill=fill, momentum=momentum, views=views)
+        return cfg, job.make("style", ref, clip, text, guidance, cfg, level=noise_level, device=_device(cfg),
+                             report=_reporter(shared))
+
+    run_job(shared, ref, app=build)
+
+
+@app.command("text-content")
+@shared_options("text-content")
+def text_content(
+    ref: Annotated[Path, typer.Argument(help="Reference image (PNG, JPEG or TIFF).", show_default=False)],
+    *,
+    text: TextOption,
+    clip: ClipOption,
+    roi: Annotated[Optional[str], typer.Option("--roi", help="x,y,w,h: edit only this box of REF (CLIP on the "
+                                               "box, pasted back, finished by a few denoising steps nearby).")] = None,
+    strength: Annotated[Optional[float], typer.Option("--strength", help="Guidance step gamma (default 0.5; "
+                                                      "0.1 with --roi; 0 = unguided).")] = None,
+    fill: FillOption = 0.5,
+    momentum: Annotated[float, typer.Option("--momentum", help="Weight lambda of the new estimate inside the "
+                                            "mask, in [0, 1].")] = 0.2,
+    stop_guidance: Annotated[int, typer.Option("--stop-guidance", help="The finest scale's last N steps are "
+                                               "unguided.")] = 3,
+    iters: Annotated[int, typer.Option("--iters", help="--roi: CLIP gradient steps on the box.")] = 100,
+    noise_level: Annotated[Optional[float], typer.Option("--noise-level", help="--roi: noise level the finest scale "
+                                                         "is finished from, in (0, 1] (default 0.055).")] = None,
+    views: ViewsOption = 16,
+    size: SizeOption = None,
+    shared: SharedOptions,
+) -> None:
+    """New images from REF's patches steered toward a text prompt by CLIP (or, with --roi, REF edited in a box)."""
+    from sidpipe.apps import text as job
+
+    from .apps_cmd import parse_ints
+
+    def build(cfg):
+        box = None if roi is None else parse_ints(roi, 4, "--roi", "10,20,40,30")
+        if roi is None and noise_level is not None:
+            raise SidpipeError("--noise-level is for --roi (text-content samples from noise)")
+        gamma = strength if strength is not None else (0.1 if box is not None else 0.5)
+        guidance = job.Guidance(strength=gamma, fill=fill, momentum=momentum, views=views, stop=stop_guidance)
+        return cfg, job.make("content", ref, clip, text, guidance, cfg, level=noise_level, roi=box, iters=iters,
+                             device=_device(cfg), report=_reporter(shared))
+
+    run_job(shared, ref, size=size, app=build)
+
+
+def _reporter(shared: SharedOptions):
+    """One stderr line per in-memory guided stage (it runs before the plan line), silent with --quiet."""
+    return None if shared.quiet else (lambda line: typer.echo(line, err=True))
+
+
+def _device(cfg) -> str:
+    from sidpipe.devices import resolve_device
+
+    return str(resolve_device(cfg.device))
