@@ -1,6 +1,7 @@
 """tileable and symmetric out of core: tiled == in memory bit for bit with several tile sizes (so halos cross
 the wrap and the mirror axis between tiles), each application's defining property on the tiled result,
-wrapped halos drawing the in-memory wrap's noise, and a kill -9 mid-pass resuming to the same bytes."""
+wrapped halos drawing the in-memory wrap's noise, and a kill -9 mid-pass resuming to the same bytes.
+Mask-driven applications: their hooks' images and masks stored in the run directory and read back by tile."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from conftest import DATA, tiled_result
 APPS = DATA / "apps"
 COBBLES = APPS / "cobbles.jpeg"                 # 181 x 181 texture whose own wrap has a natural seam
 IMAGE = APPS / "balloons_in_blue_crop.png"      # 96 x 96
+INPAINT_IMAGE, INPAINT_MASK = IMAGE, APPS / "balloons_in_blue_crop_mask.png"  # its flat cyan box, x 20-39, y 26-50
 # Small but complete: 3 scales, stochastic steps (keyed noise), IVF at the finest scale(s).
 SMALL = {"patch_size": 7, "steps": 3, "eta": 1.0, "num_scales": 3, "ivf_threshold": 5000, "seed": 3}
 # CLI equivalent (the app presets' p = 15, T = 25 are too slow for a test)
@@ -153,10 +155,19 @@ def sidpipe(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command,ref,extra", [("tileable", COBBLES, ["--direction", "both"]),
-                                               ("symmetric", IMAGE, ["--axis", "horizontal"])])
+@pytest.mark.parametrize("command,ref,extra", [
+    ("tileable", COBBLES, ["--direction", "both", "--size", "130x100"]),
+    ("symmetric", IMAGE, ["--axis", "horizontal", "--size", "130x100"]),
+    # a 192 x 192 image (the crop 2 x 2) whose hook planes are read back from hooks.zarr after the resume
+    ("inpaint", "big.png", ["--mask", "big_mask.png"]),
+])
 def test_kill9_mid_pass_then_resume_is_byte_identical(tmp_path, command, ref, extra):
-    args = [command, str(ref), *extra, "--size", "130x100", "--tile-size", "64", "--workers", "2", *CLI_SMALL]
+    if command == "inpaint":
+        crop, m = np.asarray(Image.open(INPAINT_IMAGE).convert("RGB")), np.asarray(Image.open(INPAINT_MASK).convert("L"))
+        Image.fromarray(np.tile(crop, (2, 2, 1))).save(tmp_path / "big.png")
+        Image.fromarray(np.tile(m, (2, 2))).save(tmp_path / "big_mask.png")
+        ref, extra = tmp_path / ref, [extra[0], str(tmp_path / extra[1])]
+    args = [command, str(ref), *extra, "--tile-size", "64", "--workers", "2", *CLI_SMALL]
     full = tmp_path / "full.tif"
     proc = sidpipe(*args, "--out", str(full))
     _, err = proc.communicate(timeout=600)
@@ -178,3 +189,64 @@ def test_kill9_mid_pass_then_resume_is_byte_identical(tmp_path, command, ref, ex
     assert proc.returncode == 0, err
     assert out.read_bytes() == full.read_bytes()
     np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(full))
+
+
+# Mask-driven applications: their planes (known image, masks per scale) stored in the run directory -------
+
+
+
+def test_stored_hooks_pickle_as_a_path_and_give_the_same_values(tmp_path):
+    """`Hooks.store`: the hooks read their planes from zarr by region; pickled (what a worker process gets
+    with every task) they are a path, not the arrays, and every hook gives the in-memory values bit for bit."""
+    import pickle
+
+    from sidpipe.apps import harmonize, inpaint
+    from sidpipe.tiles import tile_boxes
+
+    cfg = config()
+    ref = load_image(INPAINT_IMAGE)
+    plan = make_plan(cfg, ref.shape[-2:])
+    jobs = [inpaint.make(INPAINT_IMAGE, INPAINT_MASK, cfg.steps, cfg.patch_size),
+            harmonize.make(INPAINT_IMAGE, INPAINT_MASK, None, cfg.steps, cfg.patch_size, 0.5)]
+    for k, make_hooks in enumerate(jobs):
+        hooks = make_hooks(plan)
+        stored = hooks.store(tmp_path / f"hooks{k}.zarr", True)
+        small, big = len(pickle.dumps(stored)), len(pickle.dumps(hooks))
+        assert small < 3000 and big > 50 * small, (small, big)
+        lazy = pickle.loads(pickle.dumps(stored))  # as a worker process has it
+        assert lazy.identity == hooks.identity
+        x = torch.randn(3, *plan.out_sizes[0], generator=torch.Generator().manual_seed(0))
+        for s, size in enumerate(plan.out_sizes):
+            mine, theirs = hooks.exclude(s, plan.ref_sizes[s], 7), lazy.exclude(s, plan.ref_sizes[s], 7)
+            assert torch.equal(mine, theirs)
+            assert hooks.start_step(s, cfg.steps) == lazy.start_step(s, cfg.steps)
+            for box in tile_boxes(*size, 40):
+                xs = x[:, :size[0], :size[1]][:, box[0]:box[1], box[2]:box[3]]
+                if hooks.replace is not None:
+                    assert torch.equal(hooks.replace(s, 1, box, xs, 3), lazy.replace(s, 1, box, xs, 3))
+                    assert hooks.active(s, box) == lazy.active(s, box)
+                if hooks.init is not None:
+                    t0 = hooks.start_step(s, cfg.steps)
+                    a, b = hooks.init(s, t0, box, 3), lazy.init(s, t0, box, 3)
+                    assert (a is None and b is None) or torch.equal(a, b)
+                if s == 0 and hooks.paste is not None:
+                    assert torch.equal(hooks.paste(box, xs), lazy.paste(box, xs))
+
+
+def test_inpaint_with_worker_processes_equals_in_memory(tmp_path):
+    """Worker processes get the stored hooks (a path) and read the planes from the run directory."""
+    from sidpipe.apps import inpaint
+
+    cfg = config()
+    make_hooks = inpaint.make(INPAINT_IMAGE, INPAINT_MASK, cfg.steps, cfg.patch_size)
+    expected = in_memory(INPAINT_IMAGE, cfg, make_hooks)
+    ref = load_image(INPAINT_IMAGE)
+    plan = make_plan(cfg, ref.shape[-2:])
+    out = tmp_path / "out.tif"
+    run_out_of_core(INPAINT_IMAGE, ref, out, cfg, plan, RunOptions(out_of_core=True, keep_workdir=True, tile_size=64,
+                    workers=2, scheduler="processes"), hooks=make_hooks(plan))
+    run_dir = Path(str(out) + ".sidpipe")
+    got = np.clip(zarr.open_group(str(run_dir / "state.zarr"), mode="r")["s0/x0"][...], -1.0, 1.0)
+    np.testing.assert_array_equal(got, expected)
+    stored = zarr.open_group(str(run_dir / "hooks.zarr"), mode="r")
+    assert {"level0", "hole", "mask0", "exclude"} <= set(stored.array_keys())

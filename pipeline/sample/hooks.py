@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +67,10 @@ class Hooks:
     # Why these hooks need the whole image at once (None: they work tile by tile); the runner then refuses
     # the out-of-core pipeline with this reason.
     in_memory_only: str | None = None
+    # store(path, write): the same hooks reading their images and masks (`apps.masks.Planes`) from the zarr group
+    # at `path` region by region, written there first when `write`. The tiled sampler stores them in the run
+    # directory (`hooks.zarr`), so a task sent to a worker process carries a path, not the arrays.
+    store: Callable[[Path, bool], Hooks] | None = None
     # Periodic rows / columns (tileable textures): the denoiser sees the image circularly padded and DOWN/UP
     # wrap around (`pyramid.resize_wrap`); the tiled sampler reads halos modulo the size (`pyramid.circular`).
     wrap: tuple[bool, bool] = (False, False)
