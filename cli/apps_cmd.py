@@ -1,4 +1,4 @@
-"""The application commands: inpaint, outpaint, retarget (each builds its hooks from `sidpipe.apps`)."""
+"""The application commands: inpaint, outpaint, retarget, ... (each builds its hooks from `sidpipe.apps`)."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def symmetric(
     size: SizeOption = None,
     shared: SharedOptions,
 ) -> None:
-    """New images from REF's patches that equal their own mirror image (in memory only)."""
+    """New images from REF's patches that equal their own mirror image (in memory or out of core)."""
     from sidpipe.apps import symmetric as job
 
     run_job(shared, ref, size=size, app=lambda cfg: (cfg, job.make(axis, keep)))
@@ -173,7 +173,7 @@ def tileable(
     size: SizeOption = None,
     shared: SharedOptions,
 ) -> None:
-    """Seamless tiles from REF's patches: the output repeats without a visible seam (in memory only)."""
+    """Seamless tiles from REF's patches: the output repeats without a visible seam (in memory or out of core)."""
     from sidpipe.apps import tileable as job
 
     run_job(shared, ref, size=size, app=lambda cfg: (cfg, job.make(direction)))

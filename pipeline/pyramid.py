@@ -53,8 +53,11 @@ class Taps:
     antialias=False: torch's bicubic (a = -0.75, source index clamped at the borders);
     antialias=True: torch's/PIL's antialiased bicubic (a = -0.5, kernel widened by the shrink factor,
     weights renormalised inside the image). Unused taps have weight 0 and repeat a used index.
-    wrap=True: a periodic signal (tileable textures): source indices are taken modulo n_in instead of
-    being clamped, and no kernel is cut at a border.
+    wrap=True: a periodic signal (tileable textures): no kernel is cut at a border and source indices are
+    not clamped but left unwrapped (they may be < 0 or >= n_in: read them from the periodic extension of
+    the input, `circular`). Outputs outside [0, n_out) are then defined too: output o + k n_out reads the
+    inputs of o shifted by k n_in with the same weights, so a rectangle reaching across the wrap (a tile's
+    halo) is computed exactly as the whole image computes the pixels it repeats.
     """
 
     def __init__(self, n_in: int, n_out: int, antialias: bool, wrap: bool = False) -> None:
@@ -74,26 +77,36 @@ class Taps:
             w = _cubic((idx - centre[:, None] + 0.5) * inv, -0.5)
             w = torch.where(idx < hi[:, None], w, torch.zeros_like(w))
             w = w / w.sum(1, keepdim=True)
-            idx = torch.remainder(idx, n_in) if wrap else torch.minimum(idx, hi[:, None] - 1)
+            idx = idx if wrap else torch.minimum(idx, hi[:, None] - 1)
         else:
             src = scale * (o + 0.5) - 0.5
             base = src.floor()
             t = src - base
             idx = base[:, None] + torch.arange(-1, 3, dtype=torch.float64)[None, :]
-            idx = torch.remainder(idx, n_in) if wrap else idx.clamp(0, n_in - 1)
+            idx = idx if wrap else idx.clamp(0, n_in - 1)
             w = _cubic(torch.stack([t + 1, t, 1 - t, 2 - t], 1), -0.75)
+        self.wrap = wrap
         self.idx = idx.long()
         self.w = w.float()
 
+    def _taps(self, o0: int, o1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, weights) of outputs [o0, o1); with wrap, any outputs (periodically extended)."""
+        if not self.wrap or (0 <= o0 and o1 <= self.n_out):
+            return self.idx[o0:o1], self.w[o0:o1]
+        o = torch.arange(o0, o1)
+        period = torch.div(o, self.n_out, rounding_mode="floor")
+        r = o - period * self.n_out
+        return self.idx[r] + period[:, None] * self.n_in, self.w[r]
+
     def support(self, o0: int, o1: int) -> tuple[int, int]:
-        """Input range [i0, i1) read by outputs [o0, o1)."""
-        part = self.idx[o0:o1]
+        """Input range [i0, i1) read by outputs [o0, o1) (with wrap: unwrapped, possibly outside [0, n_in))."""
+        part = self._taps(o0, o1)[0]
         return int(part.min()), int(part.max()) + 1
 
     def apply(self, x: torch.Tensor, dim: int, o0: int, o1: int, origin: int = 0) -> torch.Tensor:
         """Outputs [o0, o1) along `dim` of x, whose index 0 along `dim` is input sample `origin`."""
-        idx = self.idx[o0:o1] - origin
-        w = self.w[o0:o1].to(x.device)
+        idx, w = self._taps(o0, o1)
+        idx, w = idx - origin, w.to(x.device)
         shape = [1] * x.dim()
         shape[dim] = o1 - o0
         out = None
@@ -108,24 +121,31 @@ def taps(n_in: int, n_out: int, antialias: bool, wrap: bool = False) -> Taps:
     return Taps(n_in, n_out, antialias, wrap)
 
 
-def resize_plan(in_size: tuple[int, int], out_size: tuple[int, int]) -> tuple[Taps, Taps]:
-    """Row and column taps of `resize` from in_size to out_size (antialiased if either side shrinks)."""
+NO_WRAP = (False, False)
+
+
+def resize_plan(in_size: tuple[int, int], out_size: tuple[int, int],
+                wrap: tuple[bool, bool] = NO_WRAP) -> tuple[Taps, Taps]:
+    """Row and column taps of `resize` from in_size to out_size (antialiased if either side shrinks);
+    wrap: periodic rows / columns (see `Taps`)."""
     shrink = out_size[0] < in_size[0] or out_size[1] < in_size[1]
-    return taps(in_size[0], out_size[0], shrink), taps(in_size[1], out_size[1], shrink)
+    return taps(in_size[0], out_size[0], shrink, wrap[0]), taps(in_size[1], out_size[1], shrink, wrap[1])
 
 
 def resize_support(in_size: tuple[int, int], out_size: tuple[int, int],
-                   box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-    """Input rectangle (y0, y1, x0, x1) that output rectangle `box` (y0, y1, x0, x1) reads."""
-    rows, cols = resize_plan(in_size, out_size)
+                   box: tuple[int, int, int, int], wrap: tuple[bool, bool] = NO_WRAP) -> tuple[int, int, int, int]:
+    """Input rectangle (y0, y1, x0, x1) that output rectangle `box` (y0, y1, x0, x1) reads. With wrap, both
+    may reach outside the image along a periodic dimension (coordinates of its periodic extension)."""
+    rows, cols = resize_plan(in_size, out_size, wrap)
     return (*rows.support(box[0], box[1]), *cols.support(box[2], box[3]))
 
 
 def resize_region(x: torch.Tensor, origin: tuple[int, int], in_size: tuple[int, int], out_size: tuple[int, int],
-                  box: tuple[int, int, int, int]) -> torch.Tensor:
+                  box: tuple[int, int, int, int], wrap: tuple[bool, bool] = NO_WRAP) -> torch.Tensor:
     """Rectangle `box` (y0, y1, x0, x1) of resize(image, out_size), where x is the part of the (C, *in_size)
-    image starting at `origin` (y, x) and containing at least `resize_support(...)`."""
-    rows, cols = resize_plan(in_size, out_size)
+    image starting at `origin` (y, x) and containing at least `resize_support(...)` (with wrap: the part
+    of its periodic extension, `circular`)."""
+    rows, cols = resize_plan(in_size, out_size, wrap)
     y0, y1, x0, x1 = box
     c0, c1 = cols.support(x0, x1)
     part = x[:, :, c0 - origin[1]:c1 - origin[1]]
@@ -151,13 +171,37 @@ def blur(x: torch.Tensor, coarse_size: tuple[int, int]) -> torch.Tensor:
     return resize(resize(x, coarse_size), tuple(x.shape[-2:]))
 
 
+def circular(read, rect: tuple[int, int, int, int], size: tuple[int, int],
+             wrap: tuple[bool, bool]) -> torch.Tensor:
+    """Rectangle `rect` (y0, y1, x0, x1) of the periodic extension of an image of `size` along the wrapped
+    dimensions, put together from `read(r)` calls on rectangles r inside the image (one per period crossed).
+    A rectangle inside the image is a single read."""
+
+    def pieces(a: int, b: int, n: int, periodic: bool) -> list[tuple[int, int]]:
+        if not periodic or (0 <= a and b <= n):
+            return [(a, b)]
+        out = []
+        while a < b:
+            base = (a // n) * n
+            end = min(b, base + n)
+            out.append((a - base, end - base))
+            a = end
+        return out
+
+    rows = pieces(rect[0], rect[1], size[0], wrap[0])
+    cols = pieces(rect[2], rect[3], size[1], wrap[1])
+    parts = [[read((a, b, c, d)) for c, d in cols] for a, b in rows]
+    band = [row[0] if len(row) == 1 else torch.cat(row, -1) for row in parts]
+    return band[0] if len(band) == 1 else torch.cat(band, -2)
+
+
 def resize_wrap(x: torch.Tensor, size: tuple[int, int], wrap: tuple[bool, bool]) -> torch.Tensor:
     """`resize` of (C, H, W) treating the rows (wrap[0]) and/or columns (wrap[1]) as periodic: the image's
-    top continues its bottom, its left its right (tileable textures). In memory only."""
+    top continues its bottom, its left its right (tileable textures)."""
     in_size = tuple(x.shape[-2:])
     if in_size == tuple(size):
         return x.clone()
-    shrink = size[0] < in_size[0] or size[1] < in_size[1]
-    rows = taps(in_size[0], size[0], shrink, wrap[0])
-    cols = taps(in_size[1], size[1], shrink, wrap[1])
-    return cols.apply(rows.apply(x, 1, 0, size[0]), 2, 0, size[1])
+    whole = (0, size[0], 0, size[1])
+    rect = resize_support(in_size, tuple(size), whole, wrap)
+    part = circular(lambda r: x[:, r[0]:r[1], r[2]:r[3]], rect, in_size, wrap)
+    return resize_region(part, (rect[0], rect[2]), in_size, tuple(size), whole, wrap)

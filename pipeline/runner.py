@@ -347,6 +347,10 @@ def run_out_of_core(input_path: Path, reference: np.ndarray | None, out: Path, c
                     write_reference_pyramid(ArraySource(coded), plan.ref_sizes, run.reference(), chunk=1024,
                                             progress=progress)
                 run.mark("reference")
+        if hooks is not None and hooks.store is not None:
+            # the application's images and masks into the run directory: tasks carry a path, not the arrays
+            hooks = hooks.store(run.path / "hooks.zarr", not run.done("hooks"))
+            run.mark("hooks")
         _drive(run, input_path, out, sample_cfg, plan, options, channels, progress, spec, hooks, latent)
     except Exception as exc:
         full = disk_full(exc)

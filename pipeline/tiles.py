@@ -19,6 +19,7 @@ directory once per process (`worker()` caches them) and never receive arrays thr
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from .index import IVFIndex
 from .index.ivf import set_threads
 from .noise import noise_region
 from .plan import BUILD_OVERHEAD, Plan, make_denoiser, resolve_query_strides
-from .pyramid import resize_region, resize_support
+from .pyramid import NO_WRAP, circular, resize_region, resize_support
 from .sample.hooks import Hooks, keep_mask, start_step
 from .sample.schedule import alpha_sigma, reverse_step
 from .store import RunDir, state_array
@@ -106,6 +107,11 @@ class ScaleSpec:
     seed: int
     blend_last_step: bool
     hooks: Hooks | None = None  # an application's (`sample.hooks`), called on global rectangles
+
+    @property
+    def wrap(self) -> tuple[bool, bool]:
+        """Periodic rows / columns (tileable): halos are read modulo the size, resampling wraps around."""
+        return NO_WRAP if self.hooks is None else self.hooks.wrap
 
     @property
     def start(self) -> int:
@@ -193,13 +199,22 @@ def release(run_dir: str) -> None:
 
 
 def denoise_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
-    """Pass A of step t on one tile: x_hat = IMGDENOISE(x_t)."""
+    """Pass A of step t on one tile: x_hat = IMGDENOISE(x_t).
+
+    Periodic dimensions (`Hooks.wrap`, tileable) are denoised as the in-memory sampler does
+    (`c2f._periodic`): as part of the image circularly padded by a patch on both sides, whose query grid
+    is that padded image's; the halo is read modulo the image size."""
     w = worker(run_dir, threads)
     d = w.denoiser(spec.scale, spec.hooks)
     alpha, sigma = alpha_sigma(t, spec.steps)
-    rect = d.support(spec.size, box)
-    x = w.read(spec, "x", t, rect).to(w.plan.device)
-    x_hat = d.denoise_box(x, (rect[0], rect[2]), spec.size, box, alpha, sigma)
+    wrap = spec.wrap
+    py, px = (d.p if wrap[0] else 0), (d.p if wrap[1] else 0)
+    full = (spec.size[0] + 2 * py, spec.size[1] + 2 * px)
+    pbox = (box[0] + py, box[1] + py, box[2] + px, box[3] + px)  # in the padded image
+    rect = d.support(full, pbox)
+    x = circular(lambda r: w.read(spec, "x", t, r), (rect[0] - py, rect[1] - py, rect[2] - px, rect[3] - px),
+                 spec.size, wrap).to(w.plan.device)
+    x_hat = d.denoise_box(x, (rect[0], rect[2]), full, pbox, alpha, sigma)
     w.write(spec, "xhat", box, x_hat)
     w.run.mark_tile(f"s{spec.scale}-t{t}-A", box_key(box))
     del x, x_hat
@@ -207,32 +222,55 @@ def denoise_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) 
 
 
 def step_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
-    """Pass B of step t on one tile: blend x_hat with the coarser result, then x_{t-1} (Eqs. 4-5)."""
+    """Pass B of step t on one tile: blend x_hat with the coarser result, then x_{t-1} (Eqs. 4-5).
+
+    An application's `finish` (the finest scale's last step) may read the result on other rectangles
+    (symmetric: the mirrored one); their step is computed here again from the completed arrays, which
+    gives the bits the tiles owning them write."""
     w = worker(run_dir, threads)
+    x_prev = _step(w, spec, t, box)
+    hooks = spec.hooks
+    if hooks is not None and hooks.finish is not None and spec.scale == 0 and t == 1:
+        x_prev = hooks.finish(box, lambda r, done=x_prev: done if tuple(r) == tuple(box) else _step(w, spec, t, r))
+    w.write(spec, x_name(t - 1), box, x_prev)
+    w.run.mark_tile(f"s{spec.scale}-t{t}-B", box_key(box))
+
+
+def _step(w: Worker, spec: ScaleSpec, t: int, box: Box) -> torch.Tensor:
+    """x_{t-1} on any rectangle `box` (after `replace` and, at the finest scale's last step, `paste`)."""
     y0, y1, x0, x1 = box
     hooks = spec.hooks
+    wrap = spec.wrap
     x_t = w.read(spec, "x", t, box)
 
-    def read_xhat(rect: Box) -> torch.Tensor:
-        """x_hat on a rectangle, after the application's transform (as the in-memory sampler has it)."""
+    def read_xhat_inside(rect: Box) -> torch.Tensor:
         if hooks is not None and hooks.transform is not None:
             return hooks.transform(spec.scale, t, rect, lambda r: w.read(spec, "xhat", None, r))
         return w.read(spec, "xhat", None, rect)
+
+    def read_xhat(rect: Box) -> torch.Tensor:
+        """x_hat on a rectangle, after the application's transform (as the in-memory sampler has it); with
+        wrap, the rectangle may reach across the image's edges (read modulo its size)."""
+        return circular(read_xhat_inside, rect, spec.size, wrap)
 
     x_hat = read_xhat(box)
     x_tilde = x_hat
     if spec.coarse_size is not None and (t > 1 or spec.blend_last_step):
         fine, coarse = spec.size, spec.coarse_size
         # BLUR(x_hat) on the box: UP reads a coarse rectangle, whose DOWN reads a halo of x_hat.
-        crect = resize_support(coarse, fine, box)
-        frect = resize_support(fine, coarse, crect)
-        down = resize_region(read_xhat(frect), (frect[0], frect[2]), fine, coarse, crect)
-        blurred = resize_region(down, (crect[0], crect[2]), coarse, fine, box)
+        crect = resize_support(coarse, fine, box, wrap)
+        frect = resize_support(fine, coarse, crect, wrap)
+        down = resize_region(read_xhat(frect), (frect[0], frect[2]), fine, coarse, crect, wrap)
+        blurred = resize_region(down, (crect[0], crect[2]), coarse, fine, box, wrap)
         prev = ScaleSpec(spec.scale + 1, coarse, None, spec.channels, spec.steps, spec.eta, spec.seed,
                          spec.blend_last_step, hooks)
-        guide = None if hooks is None or hooks.guide is None else hooks.guide(spec.scale, crect)
-        guide = w.read(prev, "x", 0, crect) if guide is None else guide
-        up = resize_region(guide, (crect[0], crect[2]), coarse, fine, box)
+
+        def read_guide(r: Box) -> torch.Tensor:
+            g = None if hooks is None or hooks.guide is None else hooks.guide(spec.scale, r)
+            return w.read(prev, "x", 0, r) if g is None else g
+
+        guide = circular(read_guide, crect, coarse, wrap)
+        up = resize_region(guide, (crect[0], crect[2]), coarse, fine, box, wrap)
         x_tilde = x_hat - blurred + up
     need_noise = spec.eta > 0.0 and t > 1
     noise = noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale, step=t - 1) \
@@ -242,8 +280,7 @@ def step_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> 
         x_prev = hooks.replace(spec.scale, t - 1, box, x_prev, spec.seed)
     if hooks is not None and hooks.paste is not None and spec.scale == 0 and t == 1:
         x_prev = hooks.paste(box, x_prev)
-    w.write(spec, x_name(t - 1), box, x_prev)
-    w.run.mark_tile(f"s{spec.scale}-t{t}-B", box_key(box))
+    return x_prev
 
 
 def replace_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) -> None:
@@ -260,9 +297,15 @@ def replace_tile(run_dir: str, threads: int, spec: ScaleSpec, t: int, box: Box) 
 
 def active_tiles(spec: ScaleSpec, boxes: list[Box]) -> tuple[list[Box], list[Box]]:
     """(tiles to denoise, tiles to step) of a scale: with an `active` hook, the active tiles are stepped
-    and the tiles whose estimate they read (the box, and BLUR's halo) denoised; otherwise every tile."""
+    and the tiles whose estimate they read (the box, and BLUR's halo) denoised; otherwise every tile.
+    An `estimated` hook then drops the tiles whose raw estimate nothing reads from the denoised ones."""
     hooks = spec.hooks
-    if hooks is None or hooks.active is None or hooks.replace is None:
+    if hooks is not None and hooks.estimated is not None:
+        plain = dataclasses.replace(spec, hooks=dataclasses.replace(hooks, estimated=None))
+        denoised, stepped = active_tiles(plain, boxes)
+        return [b for b in denoised if hooks.estimated(spec.scale, b)], stepped
+    if hooks is None or hooks.active is None or hooks.replace is None or any(spec.wrap) or hooks.finish is not None:
+        # (a halo across the wrap, or a `finish` reading elsewhere, would need more than the box: every tile)
         return boxes, boxes
     stepped = [b for b in boxes if hooks.active(spec.scale, b)]
     reads = list(stepped)
@@ -281,9 +324,15 @@ def init_tile(run_dir: str, threads: int, spec: ScaleSpec, box: Box) -> None:
     """A fixed scale (an application's `start` 0): x_{s,0} on one tile is its `init` hook (and at the
     finest scale, after its `paste`)."""
     w = worker(run_dir, threads)
-    x = spec.hooks.init(spec.scale, 0, box, spec.seed)
-    if spec.scale == 0 and spec.hooks.paste is not None:
-        x = spec.hooks.paste(box, x)
+    hooks = spec.hooks
+
+    def result(r: Box) -> torch.Tensor:
+        x = hooks.init(spec.scale, 0, r, spec.seed)
+        return hooks.paste(r, x) if spec.scale == 0 and hooks.paste is not None else x
+
+    x = result(box)
+    if spec.scale == 0 and hooks.finish is not None:
+        x = hooks.finish(box, lambda r, done=x: done if tuple(r) == tuple(box) else result(r))
     w.write(spec, "x0", box, x)
     w.run.mark_tile(f"s{spec.scale}-init", box_key(box))
 

@@ -331,3 +331,15 @@ def test_bad_print_options_fail_cleanly_and_write_nothing(tmp_path, monkeypatch,
     assert res.exit_code == 1, res.output
     assert needle in res.output and res.output.count("\n") == 1 and res.output.startswith("sidpipe: error:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.png"]
+
+
+def test_built_in_srgb_profile_bytes_do_not_depend_on_the_time():
+    """LittleCMS stamps a created profile with the current time: the embedded sRGB is pinned, so outputs of
+    the same job written at different times (a resumed run, a rerun) have the same bytes."""
+    import sys
+
+    mine = srgb().data  # made (and cached) before the other process makes its own, a second later
+    code = "import time, sys; time.sleep(1.1); from sidpipe.io.color import srgb; sys.stdout.buffer.write(srgb().data)"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout
+    assert other == mine and mine[24:36] == bytes.fromhex("07ea00010001000000000000")
+    assert parse_profile(srgb().data, "sRGB").space == "RGB"

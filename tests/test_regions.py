@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from sidpipe.denoise import KNNDenoiser, PatchDenoiser
 from sidpipe.index import IVFIndex, IVFParams, PatchGrid
-from sidpipe.pyramid import resize, resize_region, resize_support
+from sidpipe.pyramid import circular, resize, resize_region, resize_support, resize_wrap
 
 
 def boxes(h: int, w: int, tile: int):
@@ -30,6 +30,28 @@ def test_resize_matches_torch_and_tiles(in_size, out_size):
         y0, y1, x0, x1 = resize_support(in_size, out_size, box)
         part = resize_region(x[:, y0:y1, x0:x1], (y0, x0), in_size, out_size, box)
         assert torch.equal(part, whole[:, box[0]:box[1], box[2]:box[3]])
+
+
+@pytest.mark.parametrize("in_size,out_size", [((47, 62), (23, 31)), ((23, 31), (47, 62)), ((37, 49), (19, 25))])
+@pytest.mark.parametrize("wrap", [(True, True), (False, True), (True, False)])
+def test_periodic_resize_of_rectangles_across_the_wrap_equals_the_whole(in_size, out_size, wrap):
+    """Tileable: a rectangle of the output's periodic extension (a tile's halo, reaching past the edges),
+    resampled from the input read modulo its size, equals the whole periodic resize repeated, bit for bit."""
+    x = torch.randn(3, *in_size, generator=torch.Generator().manual_seed(0))
+    whole = resize_wrap(x, out_size, wrap)
+    h, w = out_size
+    reps = (3 if wrap[0] else 1, 3 if wrap[1] else 1)
+    tiled_whole = whole.repeat(1, *reps)  # the periodic extension, origin at (-h, -w) along wrapped dims
+    oy, ox = (-h if wrap[0] else 0), (-w if wrap[1] else 0)
+    for box in [(0, h, 0, w), (-4, 9, -5, 7), (h - 6, h + 5, w - 3, w + 8), (-h // 2, 3, 2, w),
+                (5, h - 5, -w // 3, w + w // 3)]:
+        box = (box[0] if wrap[0] else max(box[0], 0), box[1] if wrap[0] else min(box[1], h),
+               box[2] if wrap[1] else max(box[2], 0), box[3] if wrap[1] else min(box[3], w))
+        rect = resize_support(in_size, out_size, box, wrap)
+        part = circular(lambda r: x[:, r[0]:r[1], r[2]:r[3]], rect, in_size, wrap)
+        got = resize_region(part, (rect[0], rect[2]), in_size, out_size, box, wrap)
+        expected = tiled_whole[:, box[0] - oy:box[1] - oy, box[2] - ox:box[3] - ox]
+        assert torch.equal(got, expected), (box, wrap)
 
 
 def _check_tiles(denoiser, x, alpha, sigma, tile):

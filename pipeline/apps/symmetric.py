@@ -1,9 +1,12 @@
 """Symmetric images (seed paper Fig. 6, official `symmetric.py`): after every denoiser call the kept half of
 x_hat is mirrored onto the other half (an odd width keeps its centre column); eps_hat is computed from the
-mirrored x_hat, then the blend and the step. The finest result is mirrored once more, so the written image
-equals its mirror exactly (the blend's resampling is mirror-symmetric only up to float rounding).
+mirrored x_hat, then the blend and the step. The finest result is mirrored once more (`Hooks.finish`), so
+the written image equals its mirror exactly (the blend's resampling is mirror-symmetric only up to float
+rounding).
 
-In memory only: the final mirror reads the whole image (`Hooks.in_memory_only`)."""
+Out of core both mirrors read the mirrored rectangle from the global state: x_hat of the whole scale is
+complete after pass A, and the final mirror recomputes the last step on the mirrored rectangle
+(`tiles.step_tile`), so tiled == in memory bit for bit."""
 
 from __future__ import annotations
 
@@ -35,25 +38,33 @@ class Mirror:
     def apply(self, n: int, box: Box, read: Reader) -> torch.Tensor:
         """The symmetrised rectangle `box` of an image n pixels long along the mirrored dimension."""
         y0, y1, x0, x1 = box
-        raw = read(box)
+        a, b = (x0, x1) if self.dim == 2 else (y0, y1)
+        # keep the first half: positions < ceil(n/2) are kept; keep the second: positions >= floor(n/2)
+        pos = torch.arange(a, b)
+        kept = pos < (n + 1) // 2 if self.first else pos >= n // 2
+        if bool(kept.all()):  # (a tile inside one half reads only what it needs: same values)
+            return read(box)
         if self.dim == 2:
             mirrored = read((y0, y1, n - x1, n - x0)).flip(2)
-            pos = torch.arange(x0, x1)[None, None, :]
+            kept = kept[None, None, :]
         else:
             mirrored = read((n - y1, n - y0, x0, x1)).flip(1)
-            pos = torch.arange(y0, y1)[None, :, None]
-        # keep the first half: positions < ceil(n/2) are kept; keep the second: positions >= floor(n/2)
-        kept = pos < (n + 1) // 2 if self.first else pos >= n // 2
-        return torch.where(kept, raw, mirrored)
+            kept = kept[None, :, None]
+        if not bool(kept.any()):
+            return mirrored
+        return torch.where(kept, read(box), mirrored)
+
+    def kept_any(self, scale: int, box: Box) -> bool:
+        """Whether `box` has a pixel of the kept half at `scale` (else its raw x_hat is never read)."""
+        n = self.sizes[scale][self.dim - 1]
+        a, b = (box[2], box[3]) if self.dim == 2 else (box[0], box[1])
+        return a < (n + 1) // 2 if self.first else b > n // 2
 
     def transform(self, scale: int, t: int, box: Box, read: Reader) -> torch.Tensor:
         return self.apply(self.sizes[scale][self.dim - 1], box, read)
 
-    def paste(self, box: Box, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.sizes[0]
-        if box != (0, h, 0, w):
-            raise RuntimeError("the symmetric paste needs the whole image")
-        return self.apply(self.sizes[0][self.dim - 1], box, lambda r: x[:, r[0]:r[1], r[2]:r[3]])
+    def finish(self, box: Box, read: Reader) -> torch.Tensor:
+        return self.apply(self.sizes[0][self.dim - 1], box, read)
 
 
 def make(axis: str, keep: str | None) -> Callable[[Plan], Hooks]:
@@ -63,7 +74,7 @@ def make(axis: str, keep: str | None) -> Callable[[Plan], Hooks]:
 
     def build(plan: Plan) -> Hooks:
         m = Mirror(plan.out_sizes, axis, keep)
-        return Hooks(transform=m.transform, paste=m.paste, identity={"app": "symmetric", "axis": axis, "keep": keep},
-                     in_memory_only="symmetric mirrors the finished image as a whole")
+        return Hooks(transform=m.transform, finish=m.finish, estimated=m.kept_any,
+                     identity={"app": "symmetric", "axis": axis, "keep": keep})
 
     return build

@@ -3,7 +3,10 @@
 Instead of the official `blend_shifts` (denoise several rolled copies and combine them with hard band masks),
 every operator is made periodic along the chosen directions: the denoiser sees the image circularly padded
 by a patch, DOWN and UP wrap around (`pyramid.resize_wrap`). The denoiser is then shift-equivariant across
-the wrap and there is no band seam. In memory only (no circular halos in the tiled sampler yet)."""
+the wrap and there is no band seam.
+
+Out of core, a tile reads its halos modulo the image size and resamples with the same periodic taps
+(`tiles.denoise_tile`, `pyramid.circular`), so a tiled run is the in-memory one bit for bit."""
 
 from __future__ import annotations
 
@@ -22,8 +25,7 @@ def make(direction: str) -> Callable[[Plan], Hooks]:
         raise ConfigError(f"--direction must be both, horizontal or vertical, got {direction!r}")
 
     def build(plan: Plan) -> Hooks:
-        return Hooks(wrap=DIRECTIONS[direction], identity={"app": "tileable", "direction": direction},
-                     in_memory_only="tileable has no circular halos in the tiled sampler")
+        return Hooks(wrap=DIRECTIONS[direction], identity={"app": "tileable", "direction": direction})
 
     return build
 

@@ -101,9 +101,19 @@ def output_profile(path: str | os.PathLike) -> Profile:
 
 @functools.cache
 def srgb() -> Profile:
-    """LittleCMS's built-in sRGB profile: the working space of references that carry no profile."""
+    """LittleCMS's built-in sRGB profile: the working space of references that carry no profile.
+
+    LittleCMS stamps the profile header's creation date (bytes 24-35) with the current time; it is pinned
+    here, so two runs of a job (or a resumed run and an uninterrupted one) write the same bytes. The
+    profile ID (bytes 84-99, an MD5 that covers the date) is set to zero, "not computed", as LittleCMS
+    leaves it."""
     data = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = data[:24] + SRGB_DATE + data[36:84] + bytes(16) + data[100:]
     return parse_profile(data, "built-in sRGB")
+
+
+# 2026-01-01 00:00:00: ICC dateTimeNumber, six big-endian uint16 (year, month, day, hours, minutes, seconds)
+SRGB_DATE = bytes.fromhex("07ea00010001000000000000")
 
 
 def embedded_icc(path: str | os.PathLike) -> bytes | None:

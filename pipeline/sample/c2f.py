@@ -35,6 +35,10 @@ def _wrap_blur(wrap: tuple[bool, bool]) -> Callable[[torch.Tensor, tuple[int, in
     return blur_wrap
 
 
+def _finish(hooks: Hooks, whole: tuple[int, int, int, int], x: torch.Tensor) -> torch.Tensor:
+    return hooks.finish(whole, lambda r: x[:, r[0]:r[1], r[2]:r[3]])
+
+
 @torch.no_grad()
 def sample_scale(
     denoise: Denoiser,
@@ -59,8 +63,8 @@ def sample_scale(
             (TWOSCALEBLEND) after every denoiser call except the last unless blend_last_step.
         seed, scale: key of the fresh noise (used when eta > 0).
         callback: called after each step with {"scale", "t", "x", "x_hat"}.
-        hooks: an application's transform / guide / replace / paste hooks (see `hooks.Hooks`), called
-            with the whole image as their box.
+        hooks: an application's transform / guide / replace / paste / finish hooks (see `hooks.Hooks`),
+            called with the whole image as their box.
     """
     t0 = steps if start_step is None else start_step
     h, w = x.shape[-2:]
@@ -94,6 +98,8 @@ def sample_scale(
             x = hooks.replace(scale, t - 1, whole, x, seed)
         if hooks is not None and hooks.paste is not None and scale == 0 and t == 1:
             x = hooks.paste(whole, x)
+        if hooks is not None and hooks.finish is not None and scale == 0 and t == 1:
+            x = _finish(hooks, whole, x)
         if callback is not None:
             callback({"scale": scale, "t": t, "x": x, "x_hat": x_hat})
     return x
@@ -137,6 +143,8 @@ def sample_coarse_to_fine(
             x = noise_like((channels, h, w), seed=seed, scale=s, step=steps)
         if t0 == 0:  # a fixed scale: its state is the result
             coarse = hooks.paste((0, h, 0, w), x) if s == 0 and hooks.paste is not None else x
+            if s == 0 and hooks.finish is not None:
+                coarse = _finish(hooks, (0, h, 0, w), coarse)
             continue
         coarse = sample_scale(
             denoisers[s], x, steps=steps, eta=eta, seed=seed, scale=s, coarse=coarse,

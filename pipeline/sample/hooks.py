@@ -23,12 +23,16 @@ Hooks, in the order the sampler calls them at scale s (index 0 = finest):
 6. `replace(s, t_prev, box, x_prev, seed)`: x_{t-1} on `box` after the step (e.g. a known region
    pasted back at that step's noise level).
 7. `paste(box, x0)`: the finest scale's result on `box`, after its last step (final paste-back).
+8. `finish(box, read)`: the finest scale's result on `box` after `paste`, where `read(rect)` returns the
+   result before it on any rectangle (symmetric's final mirror reads the mirrored rectangle; the tiled
+   sampler computes that rectangle's last step again rather than wait for the tile that owns it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,18 +52,27 @@ class Hooks:
     exclude: Callable[[int, tuple[int, int], int], torch.Tensor | None] | None = None
     replace: Callable[[int, int, Box, torch.Tensor, int], torch.Tensor] | None = None
     paste: Callable[[Box, torch.Tensor], torch.Tensor] | None = None
+    finish: Callable[[Box, Reader], torch.Tensor] | None = None
     # active(s, box): False when `replace` decides every pixel of the box after every step whatever the
     # step computed (a tile away from an inpainting hole). The tiled sampler then only writes `replace`'s
     # value there, and denoises just the tiles whose estimate an active tile reads.
     active: Callable[[int, Box], bool] | None = None
+    # estimated(s, box): False when no pixel of the denoiser's raw estimate on the box is ever read, through
+    # `transform` or otherwise (symmetric: the mirrored half, whose x_hat is the kept half's mirror). The tiled
+    # sampler does not denoise such tiles (the in-memory sampler denoises the whole image and ignores them).
+    estimated: Callable[[int, Box], bool] | None = None
     # What the application is and its inputs (fingerprints, parameters): part of a run directory's
     # identity, so a resumed run never mixes two different jobs.
     identity: dict[str, Any] = field(default_factory=dict)
     # Why these hooks need the whole image at once (None: they work tile by tile); the runner then refuses
     # the out-of-core pipeline with this reason.
     in_memory_only: str | None = None
+    # store(path, write): the same hooks reading their images and masks (`apps.masks.Planes`) from the zarr group
+    # at `path` region by region, written there first when `write`. The tiled sampler stores them in the run
+    # directory (`hooks.zarr`), so a task sent to a worker process carries a path, not the arrays.
+    store: Callable[[Path, bool], Hooks] | None = None
     # Periodic rows / columns (tileable textures): the denoiser sees the image circularly padded and DOWN/UP
-    # wrap around (`pyramid.resize_wrap`). In memory only.
+    # wrap around (`pyramid.resize_wrap`); the tiled sampler reads halos modulo the size (`pyramid.circular`).
     wrap: tuple[bool, bool] = (False, False)
 
     def start_step(self, scale: int, steps: int) -> int:
