@@ -64,7 +64,8 @@ class Config:
     query_block: int = 32         # queries are batched in fixed blocks of query_block^2 patch positions
     # Latent mode (sidpipe.codec; README "Latent mode").
     codec: str = "pixel"          # pixel | vae: sample a VAE's latents (needs --vae), decode in tiles
-    vae_tile: int = 64            # encode/decode tile side in latent px (8x that in output px)
+    vae_tile: int = 0             # encode/decode tile side in latent px (8x that in output px); 0 = auto:
+                                  # 128 for a tiny decoder (AutoencoderTiny), 64 for AutoencoderKL (memory)
     vae_stats_tile: int = 128     # GroupNorm statistics tiles (latent px): a fixed grid, whatever vae_tile is;
                                   # a latent within one such tile gets exact statistics in one plain pass
     vae_stats_tiles: int = 16     # exact statistics over at most this many statistics tiles, else a stratified sample
@@ -102,7 +103,8 @@ class Config:
         _check(self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda")
         _check(self.query_block >= 1, "query_block must be >= 1")
         _check(self.codec in ("pixel", "vae"), "codec must be pixel or vae")
-        _check(self.vae_tile >= 8 and self.vae_stats_tile >= 8, "vae_tile and vae_stats_tile must be >= 8 (latent px)")
+        _check((self.vae_tile == 0 or self.vae_tile >= 8) and self.vae_stats_tile >= 8,
+               "vae_tile (0 = auto) and vae_stats_tile must be >= 8 (latent px)")
         _check(self.vae_stats_tiles >= 1 and self.vae_attention_tokens >= 1,
                "vae_stats_tiles and vae_attention_tokens must be >= 1")
         _check(self.samples >= 1, "samples must be >= 1")

@@ -179,10 +179,17 @@ class Latent:
         b = self.cfg.query_block
         return max(b, -(-(tile_size // self.tiled.codec.factor) // b) * b)
 
+    @property
+    def vae_tile(self) -> int:
+        """Encode/decode tile in latent px: `vae_tile`, or auto: 128 for a tiny decoder (its halo costs
+        (64 + 2 x 19)^2 / 64^2 = 2.5x at 64; measured 1.6-2.4x faster decodes at 128), 64 for an
+        AutoencoderKL, whose 128-channel full-resolution activations would need GBs at 128."""
+        return self.cfg.vae_tile or (128 if self.tiled.codec.kind == "tiny" else 64)
+
     def coding(self, what: str) -> dict:
         """Tile settings of the encoder or decoder (`TiledCodec.encode`/`decode` keyword arguments)."""
         c = self.cfg
-        return {"tile": c.vae_tile, "stats_tile": c.vae_stats_tile, "max_stat_tiles": c.vae_stats_tiles,
+        return {"tile": self.vae_tile, "stats_tile": c.vae_stats_tile, "max_stat_tiles": c.vae_stats_tiles,
                 "max_tokens": c.vae_attention_tokens}
 
 
@@ -257,7 +264,7 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         if latent is not None:
             dec = latent.tiled.decoder
             event["codec"] = (f"codec: {latent.tiled.codec.describe()}; decoder receptive field {dec.receptive_field} "
-                              f"latent px (measured), decode tiles {latent.cfg.vae_tile} + halo {dec.halo}")
+                              f"latent px (measured), decode tiles {latent.vae_tile} + halo {dec.halo}")
         progress(event)
     paths = output_paths(out, cfg.samples)
     if tiled:
