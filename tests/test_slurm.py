@@ -22,7 +22,8 @@ from sidpipe.errors import ConfigError
 from conftest import BALLOONS
 from slurmd import slurm  # noqa: F401  (the session fixture)
 
-ARGS = ["--patch-size", "7", "--steps", "2", "--eta", "1", "--set", "num_scales=3", "--set", "ivf_threshold=1000",
+STEPS = 6  # long enough (~200 tile tasks) that both worker jobs start before the run ends on a quiet machine
+ARGS = ["--patch-size", "7", "--steps", str(STEPS), "--eta", "1", "--set", "num_scales=3", "--set", "ivf_threshold=1000",
         "--size", "203x141", "--seed", "3", "--tile-size", "64"]
 # 1-core, 1 GB worker jobs on the loopback interface: two fit the 2-core test node.
 CLUSTER = ["--cluster", "slurm", "--jobs", "2", "--set", "cluster.cores=1", "--set", "cluster.memory=1GB",
@@ -96,7 +97,8 @@ def test_two_worker_jobs_equal_the_threaded_run(slurm, reference, threaded, tmp_
     assert proc.returncode == 0, err + slurm.log()
     np.testing.assert_array_equal(tifffile.imread(out), threaded)
     assert "dask scheduler tcp://127.0.0.1:" in err and "Slurm: up to 2 worker jobs (sidpipe-worker), each 1 cores" in err
-    assert "pass B: 12/12 tiles; run 68/68 tiles, 100% of the work" in err
+    tasks = 2 * STEPS * (1 + 4 + 12)  # both passes of every step on the 3 scales' 1, 4 and 12 tiles
+    assert f"pass B: 12/12 tiles; run {tasks}/{tasks} tiles, 100% of the work" in err
     logs = sorted((Path(str(out) + ".sidpipe") / "slurm-logs").glob("*.err"))
     assert len(logs) == 2, logs  # both jobs ran (scale 0 has 12 tiles), one dask worker each
     assert all("Starting Worker" in p.read_text() for p in logs)
@@ -108,17 +110,24 @@ def test_two_worker_jobs_equal_the_threaded_run(slurm, reference, threaded, tmp_
 
 def test_cancelled_worker_job_mid_pass_loses_nothing(slurm, reference, threaded, tmp_path):
     out = tmp_path / "k.tif"
-    markers = Path(str(out) + ".sidpipe") / "markers" / "s0-t2-A"
+    markers = Path(str(out) + ".sidpipe") / "markers"
+
+    def count(stage: str) -> int:
+        folder = markers / stage
+        return len(list(folder.iterdir())) if folder.exists() else 0
+
     proc = start(str(reference), "--out", str(out), *ARGS, *CLUSTER, "--keep-workdir")
     deadline = time.time() + 180
+    running: list = []
     while time.time() < deadline and proc.poll() is None:
-        running = [job for job in worker_jobs(slurm) if job[2] == "RUNNING"]
-        done = len(list(markers.iterdir())) if markers.exists() else 0
-        if len(running) == 2 and 1 <= done < 10:  # the finest scale's first pass is under way on both jobs
+        if len(running) < 2:  # squeue is slow next to a pass: ask only until both jobs run (they stay up)
+            running = [job for job in worker_jobs(slurm) if job[2] == "RUNNING"]
+        # the finest scale (12 tiles a pass, ~1 s a pass on a quiet machine) under way on both jobs
+        if len(running) == 2 and count("s0-t2-A") >= 1 and count("s0-t1-B") < 6:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     else:
-        pytest.fail(f"never saw both worker jobs running during the first pass of scale 0: {proc.communicate()[1]}")
+        pytest.fail(f"never saw both worker jobs running during scale 0: {proc.communicate()[1]}")
     victim = running[0][0]
     subprocess.run(["scancel", victim], check=True, timeout=30)
     _, err = proc.communicate(timeout=300)
