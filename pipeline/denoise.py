@@ -24,17 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .devices import one_torch_thread, single_threaded
 from .patches import Folder, band_rows, border_band, patch_grid, query_positions, regular_runs, unfold, window_radius
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # this thread's intra-op threads only (OpenMP's per-thread setting)
-
-
-def single_threaded(fn, *args):
-    """fn(*args) computed in a helper thread whose torch ops run on one intra-op thread."""
-    with ThreadPoolExecutor(1, initializer=_one_thread) as pool:
-        return pool.submit(fn, *args).result()
 
 
 def naive_patch_denoise(queries: torch.Tensor, keys: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
@@ -225,7 +216,7 @@ class ImageDenoiser:
             # Blocks on one intra-op thread each, by as many helpers as this thread has, folded in order;
             # at most 2 per helper in flight (memory).
             n = max(1, torch.get_num_threads())
-            with ThreadPoolExecutor(n, initializer=_one_thread) as pool:
+            with ThreadPoolExecutor(n, initializer=one_torch_thread) as pool:
                 pending: deque = deque()
                 for blk in blocks:
                     pending.append((blk, pool.submit(estimate, blk)))

@@ -35,6 +35,21 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
+def one_torch_thread() -> None:
+    """Thread-pool initializer: this thread's torch ops run on one intra-op thread (OpenMP's thread count
+    is a per-thread setting, so the caller's own stays as it was)."""
+    torch.set_num_threads(1)
+
+
+def single_threaded(fn, *args, initializer=one_torch_thread):
+    """fn(*args) computed in a helper thread set up by `initializer` (default: one intra-op torch thread).
+    The results of GEMMs and reductions can depend on the thread count; this makes them not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, initializer=initializer) as pool:
+        return pool.submit(fn, *args).result()
+
+
 _LIBC = None
 
 

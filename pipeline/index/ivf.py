@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import one_torch_thread, single_threaded
 from ..errors import ConfigError
 from .grid import PatchGrid, gather_patches
 
@@ -86,17 +87,6 @@ def _one_omp_thread() -> None:
     _faiss().omp_set_num_threads(1)
 
 
-def _on_one_thread(fn, *args):
-    """fn(*args) in a helper thread whose faiss (and faiss's OpenBLAS) runs on one OpenMP thread: OpenMP's
-    thread count is a per-thread setting, so the caller's own stays as it was."""
-    with ThreadPoolExecutor(1, initializer=_one_omp_thread) as pool:
-        return pool.submit(fn, *args).result()
-
-
-def _one_torch_thread() -> None:
-    torch.set_num_threads(1)  # this thread's intra-op threads only (OpenMP's per-thread setting)
-
-
 _PROJECTOR: ThreadPoolExecutor | None = None
 _PROJECTOR_LOCK = threading.Lock()
 
@@ -107,7 +97,7 @@ def _projector() -> ThreadPoolExecutor:
     global _PROJECTOR
     with _PROJECTOR_LOCK:
         if _PROJECTOR is None:
-            _PROJECTOR = ThreadPoolExecutor(max(2, os.cpu_count() or 1), initializer=_one_torch_thread,
+            _PROJECTOR = ThreadPoolExecutor(max(2, os.cpu_count() or 1), initializer=one_torch_thread,
                                             thread_name_prefix="sidpipe-pca")
         return _PROJECTOR
 
@@ -207,13 +197,13 @@ class IVFIndex:
     def build(cls, image: torch.Tensor, grid: PatchGrid, params: IVFParams = IVFParams()) -> IVFIndex:
         """Train on a random sample of train_factor * nlist patches, then add every patch in chunks.
 
-        faiss builds on one OpenMP thread (a helper thread's own setting, see `_on_one_thread`): its
+        faiss builds on one OpenMP thread (a helper thread's own setting, `devices.single_threaded`): its
         OpenBLAS rounds the PCA covariance and eigenvectors, the k-means distances and the cells the
         patches are added to differently with another thread count (measured on balloons' finest scale,
         40k patches: PCA matrices 0.33 apart, k-means centroids 0.20 apart, 168 of 40k patches in other
         cells between 1 and 2 threads), and the index decides which patches every query sees.
         """
-        return _on_one_thread(cls._build, image, grid, params)
+        return single_threaded(cls._build, image, grid, params, initializer=_one_omp_thread)
 
     @classmethod
     def _build(cls, image: torch.Tensor, grid: PatchGrid, params: IVFParams) -> IVFIndex:
