@@ -116,7 +116,24 @@ class Planes:
         self._group, self._lock = None, threading.Lock()
 
 
-class KnownRegion:
+class PlaneHooks:
+    """Hooks over `Planes`: `hooks(identity)` makes them; `store` makes the same hooks reading the planes
+    from zarr at a path (see `Hooks.store`)."""
+
+    planes: Planes
+    identity: dict
+
+    def hooks(self, identity: dict) -> Hooks:
+        raise NotImplementedError
+
+    def store(self, path: Path, write: bool) -> Hooks:
+        """The same hooks reading their planes from zarr at `path` (see `Hooks.store`)."""
+        lazy = copy.copy(self)
+        lazy.planes = self.planes.stored(path, write)
+        return lazy.hooks(self.identity)
+
+
+class KnownRegion(PlaneHooks):
     """Hooks that keep a known image outside a hole (RePaint-style, SinDiffusion Eq. 6):
 
     after every step x_{t-1} <- x_{t-1} in the hole m_s, alpha_{t-1} y_s + sigma_{t-1} eps elsewhere
@@ -167,12 +184,6 @@ class KnownRegion:
         return Hooks(replace=self.replace, paste=self.paste, active=self.active,
                      exclude=self.exclude if self.has_exclude else None, identity=identity, store=self.store)
 
-    def store(self, path: Path, write: bool) -> Hooks:
-        """The same hooks reading their planes from zarr at `path` (see `Hooks.store`)."""
-        lazy = copy.copy(self)
-        lazy.planes = self.planes.stored(path, write)
-        return lazy.hooks(self.identity)
-
 
 def file_digest(path: Path) -> str:
     """A short content hash of an input file, for a run directory's identity."""
@@ -210,7 +221,7 @@ def soft_mask(mask: torch.Tensor, radius: int, sigma: float) -> torch.Tensor:
     return (w - w.min()) / (w.max() - w.min()).clamp_min(1e-12)
 
 
-class Steered:
+class Steered(PlaneHooks):
     """Hooks of the jobs that fix or seed scales with a given image and paste a result back softly.
 
     steps: T. fixed: {scale: image at that scale's output size} — the scale is never denoised (its result is
@@ -261,12 +272,6 @@ class Steered:
         return Hooks(start=self.start, init=self.init,
                      paste=self.paste if self.has_weight else None,
                      exclude=self.exclude if self.has_exclude else None, identity=identity, store=self.store)
-
-    def store(self, path: Path, write: bool) -> Hooks:
-        """The same hooks reading their planes from zarr at `path` (see `Hooks.store`)."""
-        lazy = copy.copy(self)
-        lazy.planes = self.planes.stored(path, write)
-        return lazy.hooks(self.identity)
 
 
 def check_excludable(region, sizes: list[tuple[int, int]], patch_size: int) -> None:
