@@ -245,10 +245,6 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
     if tiled is None:
         tiled = (oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
                  or options.cluster is not None)
-    if tiled and hooks is not None and hooks.in_memory_only:
-        raise ConfigError(f"this application runs in memory only ({hooks.in_memory_only}): the output "
-                          f"{ow}x{oh} needs the out-of-core pipeline (larger than --tile-size {options.tile_size}, "
-                          "--workdir or .zarr output); raise --tile-size or write a smaller output")
     if not tiled and out.suffix.lower() == ".zarr":
         raise ConfigError(".zarr output is written by the out-of-core pipeline only")
     spec, output_line = options.output_spec(input_path, out, (oh, ow), out_channels)

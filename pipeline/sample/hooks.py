@@ -64,9 +64,6 @@ class Hooks:
     # What the application is and its inputs (fingerprints, parameters): part of a run directory's
     # identity, so a resumed run never mixes two different jobs.
     identity: dict[str, Any] = field(default_factory=dict)
-    # Why these hooks need the whole image at once (None: they work tile by tile); the runner then refuses
-    # the out-of-core pipeline with this reason.
-    in_memory_only: str | None = None
     # store(path, write): the same hooks reading their images and masks (`apps.masks.Planes`) from the zarr group
     # at `path` region by region, written there first when `write`. The tiled sampler stores them in the run
     # directory (`hooks.zarr`), so a task sent to a worker process carries a path, not the arrays.
