@@ -281,11 +281,20 @@ def wait_state(slurm, job: str, states: tuple[str, ...], timeout: float = 120) -
     pytest.fail(f"job {job} never reached {states}; jobs: {slurm.squeue()}")
 
 
-def wait_tiles(folder: Path, count: int, timeout: float = 180) -> None:
+def wait_new_markers(folder: Path, since: float, count: int, timeout: float = 180) -> None:
+    """Wait until `count` marker files were made after `since`. Names are collected over the polls, since a
+    finished stage replaces its tile markers by one NAME.done."""
+    seen: set[Path] = set()
     deadline = time.time() + timeout
-    while time.time() < deadline and (not folder.exists() or sum(1 for _ in folder.rglob("*")) < count):
+    while time.time() < deadline and len(seen) < count:
+        for path in folder.rglob("*") if folder.exists() else ():
+            try:
+                if path.is_file() and path.stat().st_mtime > since:
+                    seen.add(path)
+            except FileNotFoundError:
+                pass
         time.sleep(0.05)
-    assert folder.exists(), "the task never started tiles"
+    assert len(seen) >= count, f"the task wrote {len(seen)} tiles in {timeout} s"
 
 
 def wait_log(log: Path, text: str, timeout: float = 180) -> None:
@@ -308,10 +317,13 @@ def test_usr1_requeue_and_preemption_requeue_resume_to_the_same_bytes(slurm, inp
     log = out / ".sidpipe-batch" / "logs" / f"{job}.out"
     for attempt, how in enumerate((["scancel", "--signal=USR1", "--batch", job], ["scontrol", "requeue", job]), 1):
         wait_state(slurm, job, ("RUNNING",))
-        # The restart's own process must be the one signalled: the previous one may still be finishing its tile
-        # while Slurm already shows the requeued job as running again.
+        # The restart's own process must be the one signalled, and only once it has installed its handlers
+        # (before its first tile): the previous one may still be finishing a tile while Slurm already shows
+        # the requeued job as running again, and a signal during the new one's start-up kills it silently.
+        # Markers made after the log shows it started, more than the previous one's in-flight tiles, mean it
+        # wrote tiles of its own.
         wait_log(log, f"restart {attempt - 1})")
-        wait_tiles(markers, 6 * attempt)
+        wait_new_markers(markers, time.time(), 6 if attempt == 1 else 4)
         subprocess.run(how, check=True, timeout=30)
         # Slurm holds a requeued job ~2 min (BeginTime); let it start again at once.
         wait_state(slurm, job, ("PENDING",))
