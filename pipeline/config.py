@@ -37,6 +37,8 @@ class Config:
     steps: int = 10               # T, flow-matching steps per scale
     eta: float = 0.0              # 0 = deterministic DDIM, 1 = fully stochastic
     blend_last_step: bool = False # the paper omits the two-scale blend on the last denoiser call
+    warm_start: float = 1.0       # scales finer than the coarsest start at this noise level from the upsampled
+                                  # coarser result (1 = from pure noise, the paper's Alg. 2; fewer steps below)
     # Pyramid (Alg. 2).
     num_scales: int = 0           # 0 = auto: coarsest reference short side ~= coarsest_ratio * p
     coarsest_ratio: float = 1.7   # target coarsest short side / p when num_scales = 0
@@ -82,6 +84,7 @@ class Config:
         _check(self.fold_truncate > 0, "fold_truncate must be > 0")
         _check(self.steps >= 1, "steps must be >= 1")
         _check(0.0 <= self.eta <= 1.0, "eta must be in [0, 1]")
+        _check(0.0 < self.warm_start <= 1.0, "warm_start must be in (0, 1] (1 = finer scales start from noise)")
         _check(self.num_scales >= 0, "num_scales must be >= 0 (0 = auto)")
         _check(self.coarsest_ratio > 0, "coarsest_ratio must be > 0")
         _check(self.scale_factor > 1.0, "scale_factor must be > 1")

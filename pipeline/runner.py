@@ -30,6 +30,7 @@ from .plan import Plan, build_denoisers, build_index, make_plan
 from .refstream import ArrayRegions, write_reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
 from .sample.hooks import Hooks, start_step
+from .sample.schedule import warm_step
 from .store import RunDir, fingerprint
 from .tiles import STOP, Executor, release, sample_tiled
 
@@ -64,6 +65,7 @@ def generate(
         x = sample_coarse_to_fine(
             denoisers, plan.out_sizes, channels=ref.shape[0], steps=cfg.steps, eta=cfg.eta,
             seed=cfg.seed + k, blend_last_step=cfg.blend_last_step, callback=callback, hooks=hooks,
+            warm=warm_step(cfg.warm_start, cfg.steps),
         )
         results.append((x.clamp(-1.0, 1.0) if clamp else x).cpu().numpy())
     return results

@@ -38,8 +38,9 @@ from .index.ivf import set_threads
 from .noise import noise_region
 from .plan import BUILD_OVERHEAD, Plan, make_denoiser, resolve_query_strides
 from .pyramid import NO_WRAP, circular, resize_region, resize_support
+from .sample.c2f import warm_state
 from .sample.hooks import Hooks, keep_mask, start_step
-from .sample.schedule import alpha_sigma, reverse_step
+from .sample.schedule import alpha_sigma, reverse_step, warm_step
 from .store import RunDir, state_array
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
@@ -107,6 +108,7 @@ class ScaleSpec:
     seed: int
     blend_last_step: bool
     hooks: Hooks | None = None  # an application's (`sample.hooks`), called on global rectangles
+    warm: int | None = None     # a finer scale's warm start step (`Config.warm_start`), None = from noise
 
     @property
     def wrap(self) -> tuple[bool, bool]:
@@ -116,7 +118,12 @@ class ScaleSpec:
     @property
     def start(self) -> int:
         """The step this scale starts at (T, or an application's; 0 = a fixed scale)."""
-        return start_step(self.hooks, self.scale, self.steps)
+        return start_step(self.hooks, self.scale, self.steps, self.warm)
+
+    def coarser(self) -> ScaleSpec:
+        """The spec of the next coarser scale, as far as reading its result x_{s+1,0} goes."""
+        return ScaleSpec(self.scale + 1, self.coarse_size, None, self.channels, self.steps, self.eta, self.seed,
+                         self.blend_last_step, self.hooks)
 
 
 class Worker:
@@ -164,9 +171,20 @@ class Worker:
                 x = spec.hooks.init(spec.scale, t0, rect, spec.seed)
                 if x is not None:
                     return x
+            if t0 < spec.steps and t0 == spec.warm and spec.coarse_size is not None:
+                up = self.up(spec, rect, lambda r: self.read(spec.coarser(), "x", 0, r))
+                return warm_state(up, noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale,
+                                                   step=t0), t0, spec.steps)
             return noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale, step=spec.steps)
         array = self.state[f"s{spec.scale}/{x_name(t) if name == 'x' else name}"]
         return torch.from_numpy(np.ascontiguousarray(array[:, y0:y1, x0:x1]))
+
+    @staticmethod
+    def up(spec: ScaleSpec, box: Box, read: Callable[[Box], torch.Tensor]) -> torch.Tensor:
+        """UP(coarser) on `box` of scale `spec`, where read(r) gives the coarser image on rectangles r inside it."""
+        fine, coarse, wrap = spec.size, spec.coarse_size, spec.wrap
+        crect = resize_support(coarse, fine, box, wrap)
+        return resize_region(circular(read, crect, coarse, wrap), (crect[0], crect[2]), coarse, fine, box, wrap)
 
     def write(self, spec: ScaleSpec, name: str, box: Box, value: torch.Tensor) -> None:
         y0, y1, x0, x1 = box
@@ -262,16 +280,13 @@ def _step(w: Worker, spec: ScaleSpec, t: int, box: Box) -> torch.Tensor:
         frect = resize_support(fine, coarse, crect, wrap)
         down = resize_region(read_xhat(frect), (frect[0], frect[2]), fine, coarse, crect, wrap)
         blurred = resize_region(down, (crect[0], crect[2]), coarse, fine, box, wrap)
-        prev = ScaleSpec(spec.scale + 1, coarse, None, spec.channels, spec.steps, spec.eta, spec.seed,
-                         spec.blend_last_step, hooks)
+        prev = spec.coarser()
 
         def read_guide(r: Box) -> torch.Tensor:
             g = None if hooks is None or hooks.guide is None else hooks.guide(spec.scale, r)
             return w.read(prev, "x", 0, r) if g is None else g
 
-        guide = circular(read_guide, crect, coarse, wrap)
-        up = resize_region(guide, (crect[0], crect[2]), coarse, fine, box, wrap)
-        x_tilde = x_hat - blurred + up
+        x_tilde = x_hat - blurred + w.up(spec, box, read_guide)
     need_noise = spec.eta > 0.0 and t > 1
     noise = noise_region(spec.channels, y0, y1, x0, x1, seed=spec.seed, scale=spec.scale, step=t - 1) \
         if need_noise else None
@@ -460,9 +475,11 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
     """
     group = run.state()
     run_dir = str(run.path)
-    starts = [start_step(hooks, s, cfg.steps) for s in range(plan.num_scales)]
+    warm = warm_step(cfg.warm_start, cfg.steps)
     specs = [ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
-                       cfg.steps, cfg.eta, seed, cfg.blend_last_step, hooks) for s, size in enumerate(plan.out_sizes)]
+                       cfg.steps, cfg.eta, seed, cfg.blend_last_step, hooks, warm if s + 1 < plan.num_scales else None)
+             for s, size in enumerate(plan.out_sizes)]
+    starts = [spec.start for spec in specs]
     # per scale: the tiles denoised (pass A) and stepped (pass B; the other tiles only get `replace`)
     plans = [active_tiles(spec, tile_boxes(*spec.size, tile)) for spec in specs]
     counts = [t0 * (len(a) + len(tile_boxes(*size, tile))) if t0 else len(tile_boxes(*size, tile))

@@ -39,6 +39,13 @@ def _finish(hooks: Hooks, whole: tuple[int, int, int, int], x: torch.Tensor) -> 
     return hooks.finish(whole, lambda r: x[:, r[0]:r[1], r[2]:r[3]])
 
 
+def warm_state(up: torch.Tensor, noise: torch.Tensor, t0: int, steps: int) -> torch.Tensor:
+    """x_{s,t0} of a warm-started scale: the upsampled coarser result UP(x_{s+1,0}) noised to step t0,
+    alpha(t0) UP + sigma(t0) eps with eps keyed by (seed, scale, t0) (elementwise: the same bits on any tile)."""
+    a, sd = alpha_sigma(t0, steps)
+    return a * up + sd * noise
+
+
 @torch.no_grad()
 def sample_scale(
     denoise: Denoiser,
@@ -117,6 +124,7 @@ def sample_coarse_to_fine(
     blend_last_step: bool = False,
     callback: Callable[[dict], None] | None = None,
     hooks: Hooks | None = None,
+    warm: int | None = None,
 ) -> torch.Tensor:
     """Alg. 2: sample the coarsest scale from noise, then each finer scale guided by the one below.
 
@@ -126,6 +134,8 @@ def sample_coarse_to_fine(
         channels: C of the output.
         seed: every scale starts from noise keyed by (seed, scale, T).
         hooks: an application's hooks (`hooks.Hooks`); None = plain unconditional sampling.
+        warm: a warm start (`Config.warm_start`, `schedule.warm_step`): every scale finer than the coarsest
+            whose start the application does not set starts at step `warm` from `warm_state`.
 
     Returns:
         x_{0,0}: (C, H, W) float32 at sizes[0].
@@ -135,8 +145,12 @@ def sample_coarse_to_fine(
     coarse = None
     for s in range(len(sizes) - 1, -1, -1):
         h, w = sizes[s]
-        t0 = start_step(hooks, s, steps)
+        t0 = start_step(hooks, s, steps, None if coarse is None else warm)
         x = None if hooks is None or hooks.init is None else hooks.init(s, t0, (0, h, 0, w), seed)
+        if x is None and coarse is not None and warm is not None and t0 == warm < steps:
+            wrap = (False, False) if hooks is None else hooks.wrap
+            x = warm_state(resize_wrap(coarse, (h, w), wrap) if any(wrap) else resize(coarse, (h, w)),
+                           noise_like((channels, h, w), seed=seed, scale=s, step=t0), t0, steps)
         if x is None:
             if t0 != steps:
                 raise ValueError(f"scale {s} starts at step {t0} but no init hook gives its state")

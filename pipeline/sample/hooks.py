@@ -79,8 +79,12 @@ class Hooks:
         return t0
 
 
-def start_step(hooks: Hooks | None, scale: int, steps: int) -> int:
-    return steps if hooks is None else hooks.start_step(scale, steps)
+def start_step(hooks: Hooks | None, scale: int, steps: int, warm: int | None = None) -> int:
+    """The step scale `scale` starts at: the application's (`Hooks.start`), else `warm` (a finer scale's warm
+    start, `Config.warm_start`), else T."""
+    if hooks is not None and hooks.start is not None:
+        return hooks.start_step(scale, steps)
+    return steps if warm is None else warm
 
 
 def keep_mask(hooks: Hooks | None, scale: int, size: tuple[int, int], patch_size: int) -> torch.Tensor | None:

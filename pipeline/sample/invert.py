@@ -21,20 +21,12 @@ from collections.abc import Callable
 
 import torch
 
-from ..errors import ConfigError
 from ..noise import noise_like
 from .c2f import Denoiser, sample_scale
-from .schedule import alpha_sigma, ddim_invert_step
+from .schedule import alpha_sigma, ddim_invert_step, noise_level_step  # noqa: F401 (apps import it here)
 
 # Noise key `step` of the inversion's starting noise: no sampling step uses a negative one.
 INVERT_STEP = -1
-
-
-def noise_level_step(level: float, steps: int) -> int:
-    """The step t in 1..steps whose noise level sigma(t) = t/steps is nearest to `level` (ties: the lower t)."""
-    if not 0.0 < level <= 1.0:
-        raise ConfigError(f"noise level must be in (0, 1], got {level}")
-    return min(range(1, steps + 1), key=lambda t: (abs(alpha_sigma(t, steps)[1] - level), t))
 
 
 @torch.no_grad()

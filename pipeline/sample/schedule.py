@@ -6,10 +6,24 @@ import math
 
 import torch
 
+from ..errors import ConfigError
+
 
 def alpha_sigma(t: int, steps: int) -> tuple[float, float]:
     """Flow matching (Lipman et al. 2023): alpha(t) = 1 - t/T, sigma(t) = t/T, in float64."""
     return 1.0 - t / steps, t / steps
+
+
+def noise_level_step(level: float, steps: int) -> int:
+    """The step t in 1..steps whose noise level sigma(t) = t/steps is nearest to `level` (ties: the lower t)."""
+    if not 0.0 < level <= 1.0:
+        raise ConfigError(f"noise level must be in (0, 1], got {level}")
+    return min(range(1, steps + 1), key=lambda t: (abs(alpha_sigma(t, steps)[1] - level), t))
+
+
+def warm_step(level: float, steps: int) -> int | None:
+    """The step finer scales start at under `Config.warm_start` = level (None at 1: from pure noise at T)."""
+    return None if level >= 1.0 else noise_level_step(level, steps)
 
 
 def reverse_step(
