@@ -19,13 +19,16 @@ def analogy(
     structure: Annotated[Path, typer.Argument(help="Structure image: the layout to keep.", show_default=False)],
     style: Annotated[Path, typer.Argument(help="Style image: the reference whose patches draw it.", show_default=False)],
     *,
-    noise_level: Annotated[float, typer.Option("--noise-level", help="How far the structure is inverted, in (0, 1]: "
-                                               "lower keeps more of it (useful 0.2-1.0).")] = 0.5,
+    noise_level: Annotated[Optional[float], typer.Option("--noise-level", help="How far the structure is inverted, "
+                                                         "in (0, 1]: lower keeps more of it (useful 0.2-1.0; default "
+                                                         "0.5, 0.2 with --codec vae).")] = None,
     short_side: Annotated[Optional[int], typer.Option("--short-side", help="Output short side in px (default: the "
                                                       "style image's); the aspect is the structure's.")] = None,
     shared: SharedOptions,
 ) -> None:
-    """Draw STRUCTURE's layout with STYLE's patches (the structure's coarsest scale inverted, then denoised with STYLE's)."""
+    """Draw STRUCTURE's layout with STYLE's patches (the structure's coarsest scale inverted, then denoised with STYLE's).
+
+    In latent mode (--preset analogy-latent --vae DIR) both images are encoded with the VAE and the result decoded."""
     from sidpipe.apps import analogy as job
     from sidpipe.io.lazy import open_image
 
@@ -33,7 +36,8 @@ def analogy(
         width, height = job.output_size(structure, style, short_side)
         with open_image(style) as image:
             channels = image.shape[0]
-        return cfg.replace(width=width, height=height), job.make(structure, channels, cfg, noise_level)
+        level = noise_level if noise_level is not None else (0.2 if cfg.codec == "vae" else 0.5)
+        return cfg.replace(width=width, height=height), job.make(structure, channels, cfg, level)
 
     run_job(shared, style, app=build)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import signal
 import threading
@@ -188,11 +189,34 @@ class Latent:
         AutoencoderKL, whose 128-channel full-resolution activations would need GBs at 128."""
         return self.cfg.vae_tile or (128 if self.tiled.codec.kind == "tiny" else 64)
 
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """An application's image (C, H, W) in [-1, 1] (analogy's structure, i2i's content) as a latent of the
+        output's latent size, through the reference's encoder: resized to the output's pixel size if it is
+        not at it, edge-padded at the bottom and right to whole latent pixels (where the decoded result is
+        cropped) and encoded in tiles with the same settings as the reference."""
+        from .codec.vae import as_rgb
+        from .pyramid import resize
+
+        (oh, ow), f = self.out_px, self.tiled.codec.factor
+        x = as_rgb(image.float())
+        if tuple(x.shape[-2:]) != (oh, ow):
+            x = resize(x, (oh, ow)).clamp(-1.0, 1.0)
+        pad = (0, self.cfg.width * f - ow, 0, self.cfg.height * f - oh)
+        x = torch.nn.functional.pad(x[None], pad, mode="replicate")[0]
+        return self.tiled.encode(x.contiguous(), **self.coding("encode"))
+
     def coding(self, what: str) -> dict:
         """Tile settings of the encoder or decoder (`TiledCodec.encode`/`decode` keyword arguments)."""
         c = self.cfg
         return {"tile": self.vae_tile, "stats_tile": c.vae_stats_tile, "max_stat_tiles": c.vae_stats_tiles,
                 "max_tokens": c.vae_attention_tokens}
+
+
+def latent_hooks(make_hooks: Callable) -> bool:
+    """Whether an application's hooks builder also runs in latent mode: it takes `encode`, the function that
+    turns its own images (pixels) into latents (`Latent.encode_image`), and is called as
+    make_hooks(plan, encode=...) there; make_hooks(plan) in pixel mode."""
+    return "encode" in inspect.signature(make_hooks).parameters
 
 
 def latent_setup(cfg: Config, options: RunOptions, ref_hw: tuple[int, int]) -> Latent | None:
@@ -236,13 +260,17 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         oh, ow = plan.out_sizes[0]
         out_channels = channels
     else:
-        if make_hooks is not None:
-            raise ConfigError("the applications run in pixel space; --codec vae is for `sidpipe run`")
+        if make_hooks is not None and not latent_hooks(make_hooks):
+            raise ConfigError("this application runs in pixel space; --codec vae is for `sidpipe run`, "
+                              "`analogy` and `i2i`")
         y0, y1, x0, x1 = latent.crop
         f = latent.tiled.codec.factor
         plan = make_plan(latent.cfg, ((y1 - y0) // f, (x1 - x0) // f), latent.channels)
         (oh, ow), out_channels = latent.out_px, 3
-    hooks = None if make_hooks is None else make_hooks(plan)
+    if make_hooks is None:
+        hooks = None
+    else:
+        hooks = make_hooks(plan) if latent is None else make_hooks(plan, encode=latent.encode_image)
     tiled = options.out_of_core
     if tiled is None:
         tiled = (oh * ow > options.tile_size**2 or out.suffix.lower() == ".zarr" or options.workdir is not None
@@ -283,22 +311,24 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
         for path, image in zip(paths, images):
             write_result(ArrayRegions(image), path, spec, zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
     else:
-        for path, image in zip(paths, generate_latent(input_path, latent, plan, progress=progress)):
+        for path, image in zip(paths, generate_latent(input_path, latent, plan, progress=progress, hooks=hooks)):
             write_result(ArrayRegions(image), path, spec, zarr.open_group(zarr.storage.MemoryStore(), mode="w"))
     if progress is not None:
         progress({"event": "done", "paths": paths, "seconds": time.perf_counter() - started})
     return paths
 
 
-def generate_latent(input_path: Path, latent: Latent, plan: Plan, *, progress: Progress | None = None) -> list[np.ndarray]:
-    """In memory: encode the reference in tiles, sample latents, decode each in tiles; (3, H, W) in [-1, 1]."""
+def generate_latent(input_path: Path, latent: Latent, plan: Plan, *, progress: Progress | None = None,
+                    hooks: Hooks | None = None) -> list[np.ndarray]:
+    """In memory: encode the reference in tiles, sample latents (with an application's `hooks`), decode each
+    in tiles; (3, H, W) in [-1, 1]."""
     from .codec.vae import as_rgb
 
     y0, y1, x0, x1 = latent.crop
     x = as_rgb(torch.from_numpy(load_image(input_path)[:, y0:y1, x0:x1]))
     tc = latent.tiled
     z_ref = tc.encode(x.contiguous(), **latent.coding("encode"))
-    images = generate(z_ref.numpy(), latent.cfg, progress=progress, plan=plan, clamp=False)
+    images = generate(z_ref.numpy(), latent.cfg, progress=progress, plan=plan, hooks=hooks, clamp=False)
     oh, ow = latent.out_px
     return [tc.decode(torch.from_numpy(z), **latent.coding("decode"))[:, :oh, :ow].numpy() for z in images]
 

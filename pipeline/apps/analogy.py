@@ -82,13 +82,19 @@ class Analogy:
         return {**self.__dict__, "_inverted": {}}
 
 
-def make(structure_path: Path, channels: int, cfg: Config, level: float) -> Callable[[Plan], Hooks]:
-    """Hooks of `sidpipe analogy STRUCTURE STYLE` for a plan whose reference is STYLE (with `channels`)."""
+def make(structure_path: Path, channels: int, cfg: Config, level: float) -> Callable[..., Hooks]:
+    """Hooks of `sidpipe analogy STRUCTURE STYLE` for a plan whose reference is STYLE (with `channels`).
+
+    In latent mode (`--codec vae`) the runner passes `encode` (`runner.Latent.encode_image`): the structure,
+    resized to the output's pixel size, is encoded like the reference, and its latent resized to the
+    coarsest scale is what is inverted (the latent pyramid, like the reference's, is built on the encoded
+    latent)."""
     noise_level_step(level, cfg.steps)  # the range check, before any compute
 
-    def build(plan: Plan) -> Hooks:
+    def build(plan: Plan, encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Hooks:
         coarsest = plan.num_scales - 1
-        image = match_channels(as_tensor(load_image(structure_path)), channels)
+        image = as_tensor(load_image(structure_path))
+        image = match_channels(image, channels) if encode is None else encode(image)
         structure = resize(image, plan.out_sizes[coarsest])
         h, w = structure.shape[-2:]
         if min(h, w) < cfg.patch_size:

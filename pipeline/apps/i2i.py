@@ -70,15 +70,19 @@ class Guided(Steered):
 
 
 def make(content_path: Path, style_path: Path, channels: int, steps: int, *, mode: str = "sdedit",
-         level: float = 0.5, at_scale: int | None = None, match_hist: bool = False) -> Callable[[Plan], Hooks]:
-    """Hooks of `sidpipe i2i STYLE CONTENT` for a plan whose reference is STYLE and output CONTENT's size."""
+         level: float = 0.5, at_scale: int | None = None, match_hist: bool = False) -> Callable[..., Hooks]:
+    """Hooks of `sidpipe i2i STYLE CONTENT` for a plan whose reference is STYLE and output CONTENT's size.
+
+    In latent mode (`--codec vae`) the runner passes `encode` (`runner.Latent.encode_image`): the content
+    (histogram-matched first, in pixels, if asked) is encoded like the reference, and its latent and the
+    latent's resized levels take the content's place at every scale."""
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
     k = noise_level_step(level, steps)
     if not Path(content_path).is_file():
         raise ConfigError(f"content image not found: {content_path}")
 
-    def build(plan: Plan) -> Hooks:
+    def build(plan: Plan, encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Hooks:
         coarsest = plan.num_scales - 1
         if mode == "ilvr" and at_scale is not None:
             raise ConfigError("--at-scale is for --mode sdedit (ilvr starts at the coarsest scale)")
@@ -88,7 +92,7 @@ def make(content_path: Path, style_path: Path, channels: int, steps: int, *, mod
         content = load_image(content_path)
         if match_hist:
             content = match_histogram(content, load_image(style_path))
-        content = match_channels(as_tensor(content), channels)
+        content = match_channels(as_tensor(content), channels) if encode is None else encode(as_tensor(content))
         if tuple(content.shape[-2:]) != plan.out_sizes[0]:
             raise ConfigError("i2i keeps the content's size: do not give --size")
         levels = {s: resize(content, size) for s, size in enumerate(plan.out_sizes)}
