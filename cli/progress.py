@@ -31,10 +31,11 @@ class Reporter:
                 typer.echo(info["output"], err=True)
             if info.get("codec"):
                 typer.echo(info["codec"], err=True)
-            total = info["samples"] * plan.num_scales * info["steps"]
+            starts = info.get("starts") or [info["steps"]] * plan.num_scales
+            total = info["samples"] * sum(starts)
             if info.get("tiled"):
                 typer.echo(tiled_summary(plan, info["tile"], info["channels"], info["steps"],
-                                         info.get("workers", 1), info.get("scheduler", "threads")), err=True)
+                                         info.get("workers", 1), info.get("scheduler", "threads"), starts), err=True)
                 total = None  # set by the first tile event
             if self.tty:
                 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -73,13 +74,19 @@ class Reporter:
             self._bar = None
 
 
-def tiled_summary(plan, tile: int, channels: int, steps: int, workers: int = 1, scheduler: str = "threads") -> str:
-    """One line on what the out-of-core pipeline will do: tiles per scale, disk and expected peak memory."""
+def tiled_summary(plan, tile: int, channels: int, steps: int, workers: int = 1, scheduler: str = "threads",
+                  starts: list[int] | None = None) -> str:
+    """One line on what the out-of-core pipeline will do: tiles per scale, disk and expected peak memory.
+    starts: the step each scale starts at (finest first; default T everywhere)."""
     from sidpipe.tiles import estimate
 
     est = estimate(plan, tile, channels, workers, scheduler)
     where = "in the process" if scheduler == "threads" else "per worker process"
-    return (f"out of core: tile {tile}, tiles per scale (finest first) {est.tiles}, {2 * steps} passes per scale; "
+    if starts is None or all(t == steps for t in starts):
+        passes = f"{2 * steps} passes per scale"
+    else:
+        passes = f"passes per scale (finest first) {[2 * t if t else 1 for t in starts]}"
+    return (f"out of core: tile {tile}, tiles per scale (finest first) {est.tiles}, {passes}; "
             f"disk up to ~{est.disk / 2**30:.1f} GiB (state, indexes, reference), "
             f"peak memory ~{est.peak / 2**30:.1f} GiB {where} (estimate)")
 

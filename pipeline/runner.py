@@ -30,7 +30,7 @@ from .io.write import SUPPORTED_OUTPUT_SUFFIXES, output_paths
 from .plan import Plan, build_denoisers, build_index, make_plan
 from .refstream import ArrayRegions, write_reference_pyramid
 from .sample.c2f import sample_coarse_to_fine
-from .sample.hooks import Hooks, start_step
+from .sample.hooks import Hooks, scale_starts, start_step
 from .sample.schedule import warm_step
 from .store import RunDir, fingerprint
 from .tiles import STOP, Executor, release, sample_tiled
@@ -282,6 +282,7 @@ def run(input_path: Path, out: Path, cfg: Config, *, progress: Progress | None =
                                address=options.address)
     if progress is not None:
         event = {"event": "plan", "plan": plan, "samples": cfg.samples, "steps": cfg.steps,
+                 "starts": scale_starts(hooks, plan.num_scales, cfg.steps, warm_step(cfg.warm_start, cfg.steps)),
                  "tiled": tiled, "tile": options.tile_size if latent is None else latent.sample_tile(options.tile_size),
                  "channels": channels if latent is None else latent.channels,
                  "workers": options.jobs if options.cluster is not None else layout[1],

@@ -479,7 +479,7 @@ def sample_tiled(run: RunDir, cfg: Config, plan: Plan, *, channels: int, tile: i
     specs = [ScaleSpec(s, size, plan.out_sizes[s + 1] if s + 1 < plan.num_scales else None, channels,
                        cfg.steps, cfg.eta, seed, cfg.blend_last_step, hooks, warm if s + 1 < plan.num_scales else None)
              for s, size in enumerate(plan.out_sizes)]
-    starts = [spec.start for spec in specs]
+    starts = [spec.start for spec in specs]  # = scale_starts(hooks, plan.num_scales, cfg.steps, warm)
     # per scale: the tiles denoised (pass A) and stepped (pass B; the other tiles only get `replace`)
     plans = [active_tiles(spec, tile_boxes(*spec.size, tile)) for spec in specs]
     counts = [t0 * (len(a) + len(tile_boxes(*size, tile))) if t0 else len(tile_boxes(*size, tile))

@@ -159,6 +159,7 @@ def test_receptive_field_is_measured(tiled_noattn, tiled_tae):
     # (counted here as the farthest changed output pixel's latent pixel: 14 and 18)
     assert tiled_noattn.decoder.receptive_field == 14
     assert tiled_tae.decoder.receptive_field == 18
+    assert torch.backends.mkldnn.is_available() is False or torch._C._get_mkldnn_enabled()  # switched back on
     assert tiled_noattn.decoder.halo == 14 and tiled_noattn.encoder.halo % 8 == 0
 
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from sidpipe.apps import tileable
+from sidpipe.apps import inpaint, tileable
 from sidpipe.config import load_config
 from sidpipe.errors import ConfigError
 from sidpipe.io.read import load_image
 from sidpipe.plan import build_denoisers, make_plan
 from sidpipe.pyramid import resize
 from sidpipe.runner import generate
-from sidpipe.sample.c2f import sample_coarse_to_fine, warm_state
+from sidpipe.sample.c2f import sample_coarse_to_fine
 from sidpipe.sample.schedule import alpha_sigma, warm_step
 
 from conftest import BALLOONS, DATA, tiled_result
@@ -60,17 +60,32 @@ def test_each_finer_scale_starts_at_the_warm_step_from_the_noised_upsampled_coar
     # The first step of scale 1 denoised alpha(2) UP(x_{2,0}) + sigma(2) eps: re-run that step by hand.
     from sidpipe.noise import noise_like
 
-    x0 = warm_state(resize(seen[2][-1]["x"], plan.out_sizes[1]), noise_like((3, *plan.out_sizes[1]), seed=5, scale=1,
-                                                                            step=2), 2, 4)
+    up = resize(seen[2][-1]["x"], plan.out_sizes[1])
+    x0 = (1 - 2 / 4) * up + (2 / 4) * noise_like((3, *plan.out_sizes[1]), seed=5, scale=1, step=2)
     a, s = alpha_sigma(2, 4)
     torch.testing.assert_close(seen[1][0]["x_hat"], denoisers[1](x0, a, s), rtol=0, atol=0)
 
 
-def test_warm_start_one_is_the_papers_sampler(reference):
+def test_a_level_that_resolves_to_T_is_the_papers_sampler(reference):
+    """0.95 of T = 4 steps resolves to t0 = 4 = T: pure noise, as without warm start (warm_step gives 4, not None)."""
+    assert warm_step(0.95, 4) == 4
     ref = load_image(reference)
     cold = generate(ref, config())[0]
-    np.testing.assert_array_equal(generate(ref, config(warm_start=1.0))[0], cold)
+    np.testing.assert_array_equal(generate(ref, config(warm_start=0.95))[0], cold)
     assert not np.array_equal(generate(ref, config(warm_start=0.5))[0], cold)
+
+
+def test_warm_inpaint_tiled_equals_in_memory_and_keeps_the_known_pixels(tmp_path):
+    """inpaint: tiles away from the hole only get `replace` (replace_tile), the others the warm state."""
+    image, mask = DATA / "apps" / "balloons_in_blue_crop.png", DATA / "apps" / "balloons_in_blue_crop_mask.png"
+    cfg = load_config("default", {"patch_size": 7, "steps": 4, "eta": 1.0, "num_scales": 3, "ivf_threshold": 5000,
+                                  "seed": 3, "warm_start": 0.5})
+    ref = load_image(image)
+    make_hooks = inpaint.make(image, mask, cfg.steps, cfg.patch_size)
+    expected = generate(ref, cfg, plan=make_plan(cfg, ref.shape[-2:]), hooks=make_hooks(make_plan(cfg, ref.shape[-2:])))[0]
+    np.testing.assert_array_equal(tiled_result(image, cfg, make_hooks, tmp_path, 64), expected)
+    known = np.asarray(Image.open(mask).convert("L")) < 128
+    assert np.array_equal(expected[:, known], ref[:, known])
 
 
 @pytest.mark.parametrize("tile", [64, 80])

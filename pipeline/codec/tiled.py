@@ -35,7 +35,7 @@ of 8 px (`Downsample2D` pads right/bottom by one, so tiles must sit on its grid)
 from __future__ import annotations
 
 import math
-import warnings
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +51,7 @@ Reader = Callable[[int, int, int, int], torch.Tensor]  # (y0, y1, x0, x1) -> (C,
 
 
 _RF_CACHE: dict[tuple, int] = {}
+_RF_LOCK = threading.RLock()  # one receptive-field measurement at a time (it switches oneDNN off process-wide)
 
 
 class _Stop(Exception):
@@ -223,9 +224,10 @@ class TiledNet:
         in this process (a second load of the same VAE does not measure again)."""
         if self._rf is None:
             key = (self.fingerprint, self.name, str(self.device), str(self.dtype))
-            if key not in _RF_CACHE:
-                _RF_CACHE[key] = self.measure_receptive_field()
-            self._rf = _RF_CACHE[key]
+            with _RF_LOCK:
+                if key not in _RF_CACHE:
+                    _RF_CACHE[key] = self.measure_receptive_field()
+                self._rf = _RF_CACHE[key]
         return self._rf
 
     @property
@@ -424,16 +426,15 @@ class TiledNet:
         window: oneDNN may compute a convolution by tiles of a transform (Winograd), whose rounding of outputs
         beyond the true receptive field changes once an input does, and that counted as a dependency
         (measured: a tiny decoder's 18 latent px became 19 on an AVX2 CPU, 18 on an AVX-512 one)."""
-        with warnings.catch_warnings():  # flags() also sets oneDNN's TF32 switch, which warns without an Intel GPU
-            warnings.simplefilter("ignore", UserWarning)
-            flags = torch.backends.mkldnn.flags(enabled=False)
-            flags.__enter__()
-        try:
-            return self._measure_receptive_field(start, limit)
-        finally:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                flags.__exit__(None, None, None)
+        # Only the enable switch (None leaves the others, and warns about nothing). It is process-wide: the
+        # lock keeps two measurements from interleaving; the first use of `receptive_field` comes before or
+        # after the sampler's thread pools (plan line, encode, decode), so no other convolution runs meanwhile.
+        with _RF_LOCK:
+            previous = torch.backends.mkldnn.set_flags(False, None, None, None)[0]
+            try:
+                return self._measure_receptive_field(start, limit)
+            finally:
+                torch.backends.mkldnn.set_flags(previous, None, None, None)
 
     def _measure_receptive_field(self, start: int, limit: int) -> int:
         n = start

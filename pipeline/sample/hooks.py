@@ -87,6 +87,12 @@ def start_step(hooks: Hooks | None, scale: int, steps: int, warm: int | None = N
     return steps if warm is None else warm
 
 
+def scale_starts(hooks: Hooks | None, num_scales: int, steps: int, warm: int | None = None) -> list[int]:
+    """The step each scale starts at (index 0 = finest): `start_step`, with `warm` for every scale but the
+    coarsest (the one with no coarser result to start from)."""
+    return [start_step(hooks, s, steps, warm if s + 1 < num_scales else None) for s in range(num_scales)]
+
+
 def keep_mask(hooks: Hooks | None, scale: int, size: tuple[int, int], patch_size: int) -> torch.Tensor | None:
     """Bool (h - p + 1, w - p + 1): True for the reference patches scale `scale` keeps; None = all."""
     if hooks is None or hooks.exclude is None:
