@@ -256,19 +256,22 @@ def support_chunk(mask, size: tuple[int, int], box: Box) -> torch.Tensor:
     return resize_region(x, (iy0, ix0), in_size, tuple(size), box)[0].abs() > 1e-6
 
 
-def check_excludable(mask, sizes: list[tuple[int, int]], patch_size: int, chunk: int = 1024) -> None:
+def check_excludable(mask, sizes: list[tuple[int, int]], patch_size: int, chunk: int | None = None) -> None:
     """Refuse a mask (a source, or a bool (H, W) tensor) over the reference that leaves some scale of it without
     a single whole patch: at each size, the mask's support is computed chunk by chunk (with the p - 1 rows and
     columns a chunk's patches reach) until a patch clear of it is found."""
     from ..errors import ConfigError
 
     mask = as_mask_source(mask)
-    p = patch_size
+    p, chunk = patch_size, chunk or Planes.CHUNK
+    full_h, full_w = mask.shape[-2:]
     for s, (h, w) in enumerate(sizes):
+        # a chunk of a shrunk scale reads about `chunk` rows and columns of the mask, not chunk x the shrink
+        ch, cw = max(1, chunk * h // max(full_h, h)), max(1, chunk * w // max(full_w, w))
         clear = False
-        for cy0 in range(0, max(h - p + 1, 0), chunk):
-            for cx0 in range(0, max(w - p + 1, 0), chunk):
-                box = (cy0, min(cy0 + chunk, h - p + 1) + p - 1, cx0, min(cx0 + chunk, w - p + 1) + p - 1)
+        for cy0 in range(0, max(h - p + 1, 0), ch):
+            for cx0 in range(0, max(w - p + 1, 0), cw):
+                box = (cy0, min(cy0 + ch, h - p + 1) + p - 1, cx0, min(cx0 + cw, w - p + 1) + p - 1)
                 if not bool(patches_touching(support_chunk(mask, (h, w), box), p).all()):
                     clear = True
                     break
@@ -277,6 +280,19 @@ def check_excludable(mask, sizes: list[tuple[int, int]], patch_size: int, chunk:
         if not clear:
             raise ConfigError(f"the mask leaves no whole {p}x{p} patch of the reference at scale {s} "
                               f"({w}x{h}); use a smaller mask, fewer scales or a smaller patch size")
+
+
+def touching_by_chunk(planes: Planes, name: str, patch_size: int, chunk: int) -> torch.Tensor:
+    """`patches_touching(planes.whole(name), patch_size)`, computed chunk by chunk (each chunk's patch corners
+    read with the p - 1 rows and columns their patches reach): only the bool result is whole."""
+    h, w = planes.shape(name)
+    p = patch_size
+    out = torch.empty(h - p + 1, w - p + 1, dtype=torch.bool)
+    for y0 in range(0, h - p + 1, chunk):
+        for x0 in range(0, w - p + 1, chunk):
+            y1, x1 = min(y0 + chunk, h - p + 1), min(x0 + chunk, w - p + 1)
+            out[y0:y1, x0:x1] = patches_touching(planes.region(name, (y0, y1 + p - 1, x0, x1 + p - 1)), p)
+    return out
 
 
 class StoredPlane:
@@ -384,7 +400,8 @@ class Planes:
                 else:
                     shape, dtype, post = size, np.bool_, _as_support if kind == "support" else _as_mask
                 made[name] = create(name, shape, dtype)
-                write_level(source, made[name], chunk=self.CHUNK, post=post)
+                write_level(source, made[name], chunk=self.CHUNK, read_pixels=READ_PIXELS, post=post,
+                            skip_zero=kind == "support")
         finally:
             for recipe in self.recipes:
                 if recipe[1] in ("image", "mask"):
@@ -515,10 +532,10 @@ class KnownRegion(PlaneHooks):
     def exclude(self, scale: int, size: tuple[int, int], patch_size: int) -> torch.Tensor | None:
         if not self.has_exclude:
             return None
-        support = self.planes.whole(f"exclude{scale}")
-        if tuple(support.shape) != tuple(size):
-            raise ValueError(f"exclude hook of scale {scale} asked for {size}, its plane is {tuple(support.shape)}")
-        return patches_touching(support, patch_size)
+        name = f"exclude{scale}"
+        if self.planes.shape(name) != tuple(size):
+            raise ValueError(f"exclude hook of scale {scale} asked for {size}, its plane is {self.planes.shape(name)}")
+        return touching_by_chunk(self.planes, name, patch_size, Planes.CHUNK)
 
     def hooks(self, identity: dict) -> Hooks:
         self.identity = identity
