@@ -194,8 +194,8 @@ MEASURE = textwrap.dedent("""
 def test_storing_a_4096_inpaint_takes_memory_bounded_by_a_chunk(tmp_path):
     """Peak RSS growth while the planes of a 4096 x 4096 inpaint (a tiled TIFF image, a PNG mask; 2 scales) are
     checked, computed and stored, after a small run of the same code as the baseline: far below the planes'
-    own size (measured: 14 MiB for 276 MiB of planes; with the default 1024 chunks the
-    bound is ~0.4 GiB, which is what a 1-GP scan's planes, ~17 GiB, are stored in)."""
+    own size (measured: 14 to 67 MiB over several runs for 276 MiB of planes, where the whole-image build this
+    replaced grew by 1199 MiB; with the default 1024 chunks the bound is ~0.4 GiB, whatever the canvas)."""
     side, small = 4096, 256
     rng = np.random.default_rng(0)
     for name, n in (("big", side), ("small", small)):
@@ -215,4 +215,4 @@ def test_storing_a_4096_inpaint_takes_memory_bounded_by_a_chunk(tmp_path):
     print(f"peak RSS growth {peak / 2**20:.0f} MiB while storing {planes / 2**20:.0f} MiB of planes")
     stored = zarr.open_group(str(tmp_path / "big.zarr"), mode="r")
     assert stored["level0"].shape == (3, side, side)
-    assert peak < planes / 4, (peak, planes)
+    assert peak < planes / 2, (peak, planes)  # level 0 alone, whole, is 0.7 x planes
