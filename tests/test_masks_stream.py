@@ -216,3 +216,23 @@ def test_storing_a_4096_inpaint_takes_memory_bounded_by_a_chunk(tmp_path):
     stored = zarr.open_group(str(tmp_path / "big.zarr"), mode="r")
     assert stored["level0"].shape == (3, side, side)
     assert peak < planes / 2, (peak, planes)  # level 0 alone, whole, is 0.7 x planes
+
+
+def test_a_run_directory_with_planes_in_another_layout_gets_them_written_again(tmp_path):
+    """Resuming a run whose hooks.zarr was stored before the planes were streamed (an "exclude" and a "mask0"
+    array, no aliases): the planes are written again, not read under names that are not there."""
+    cfg = config()
+    plan = make_plan(cfg, load_image(IMAGE).shape[-2:])
+    make_hooks = inpaint.make(IMAGE, MASK, cfg.steps, cfg.patch_size)
+    path = tmp_path / "hooks.zarr"
+    old = zarr.open_group(str(path), mode="w")
+    for name in ("level0", "hole", "mask0", "exclude"):
+        old.create_array(name, shape=(4, 4), dtype="float32")
+    lazy = make_hooks(plan).store(path, False)
+    fresh = make_hooks(plan)
+    for s, size in enumerate(plan.ref_sizes):
+        assert torch.equal(lazy.exclude(s, size, 7), fresh.exclude(s, size, 7))
+    box = (0, 96, 0, 96)
+    x = torch.zeros(3, 96, 96)
+    assert torch.equal(lazy.paste(box, x), fresh.paste(box, x))
+    assert zarr.open_group(str(path), mode="r").attrs["aliases"]["mask0"] == "hole"

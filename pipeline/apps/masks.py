@@ -408,7 +408,10 @@ class Planes:
                     close(recipe[2])
 
     def stored(self, path: Path, write: bool) -> Planes:
-        """These planes read from the zarr group at `path` (written there first if `write`)."""
+        """These planes read from the zarr group at `path` (written there first if `write`, or if the group
+        there lacks one of them: a run directory whose planes were stored in another layout)."""
+        if not write and self.recipes is not None:
+            write = not self._complete(path)
         if write:
             if self.path is not None:
                 raise RuntimeError("planes already stored elsewhere cannot be written again")
@@ -433,6 +436,16 @@ class Planes:
         out = Planes({})
         out.arrays, out.path, out.aliases = None, str(path), dict(self.aliases)
         return out
+
+    def _complete(self, path: Path) -> bool:
+        """Whether the zarr group at `path` holds every plane of the recipes, under the same aliases."""
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            names = set(group.array_keys())
+            aliases = dict(group.attrs.get("aliases", {}))
+        except Exception:  # missing or unreadable: written again
+            return False
+        return aliases == self.aliases and all(r[0] in names for r in self.recipes if r[1] != "alias")
 
     def _open(self):
         with self._lock:
