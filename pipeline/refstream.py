@@ -118,11 +118,29 @@ def write_reference_pyramid(
     return arrays
 
 
-def _write_level(source: RegionSource, array: zarr.Array, scale: int, chunk: int, max_read: int,
-                 read_pixels: int, progress: Progress | None) -> None:
-    """Fill `array` (C, h, w), one whole chunk at a time, with `source` resized to (h, w) (copied if same size)."""
+def write_level(source: RegionSource, array, *, chunk: int = 1024, max_read: int | None = None,
+                read_pixels: int = 1 << 20, post: Callable[[np.ndarray], np.ndarray] | None = None,
+                skip_zero: bool = False) -> None:
+    """Fill `array` (a zarr or numpy array whose last two dimensions are (h, w)) with `source` resized to
+    (h, w) (copied if it has that size), one `chunk` x `chunk` block at a time, as `write_reference_pyramid`
+    writes a level: bit for bit ``resize(image, (h, w))`` of the image `source` holds, in bounded memory.
+
+    post: maps each computed float32 (C, bh, bw) block to what `array` stores there (e.g. a mask's
+    threshold to a bool (bh, bw) block); default: the block itself. skip_zero: a resized rectangle whose
+    input rectangle is all zero is taken as +0.0 without computing it (a sum of products with zeros is
+    zero, but -0.0 where the first tap's weight is negative: use it where `post` cannot tell, e.g. a
+    mask's threshold of |x|; it makes a sparse mask's levels cheap)."""
+    max_read = 2 * chunk + 64 if max_read is None else max_read
+    _write_level(source, array, None, chunk, max_read, read_pixels, None, post, skip_zero)
+
+
+def _write_level(source: RegionSource, array: zarr.Array, scale: int | None, chunk: int, max_read: int,
+                 read_pixels: int, progress: Progress | None,
+                 post: Callable[[np.ndarray], np.ndarray] | None = None, skip_zero: bool = False) -> None:
+    """Fill `array` (..., h, w), one whole chunk at a time, with `source` resized to (h, w) (copied if same
+    size), each block mapped by `post` (if given) before it is stored."""
     channels, height, width = source.shape
-    _, h, w = array.shape
+    h, w = array.shape[-2:]
     copy = (h, w) == (height, width)
     if copy:
         row_parts = [[(y0, min(y0 + chunk, h))] for y0 in range(0, h, chunk)]
@@ -143,8 +161,8 @@ def _write_level(source: RegionSource, array: zarr.Array, scale: int, chunk: int
                 for y0, y1 in rparts:
                     for x0, x1 in cparts:
                         block[:, y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0] = _resized(
-                            source, (height, width), (h, w), (y0, y1, x0, x1), rows, cols, read_pixels)
-            array[:, cy0:cy1, cx0:cx1] = block
+                            source, (height, width), (h, w), (y0, y1, x0, x1), rows, cols, read_pixels, skip_zero)
+            array[..., cy0:cy1, cx0:cx1] = block if post is None else post(block)
             done += 1
             if progress is not None:
                 progress({"event": "reference", "scale": scale, "done": done, "total": total})
@@ -152,11 +170,15 @@ def _write_level(source: RegionSource, array: zarr.Array, scale: int, chunk: int
 
 @torch.no_grad()
 def _resized(source: RegionSource, in_size: tuple[int, int], out_size: tuple[int, int],
-             box: tuple[int, int, int, int], rows: Taps, cols: Taps, read_pixels: int) -> np.ndarray:
-    """Output rectangle `box` of the resized image, from the input rectangle it reads."""
+             box: tuple[int, int, int, int], rows: Taps, cols: Taps, read_pixels: int,
+             skip_zero: bool = False) -> np.ndarray:
+    """Output rectangle `box` of the resized image, from the input rectangle it reads (zeros without
+    computing them if `skip_zero` and that rectangle is all zero)."""
     iy0, iy1 = rows.support(box[0], box[1])
     ix0, ix1 = cols.support(box[2], box[3])
     x = torch.from_numpy(_read(source, (iy0, iy1, ix0, ix1), read_pixels))
+    if skip_zero and not bool(x.any()):
+        return np.zeros((x.shape[0], box[1] - box[0], box[3] - box[2]), np.float32)
     return resize_region(x, (iy0, ix0), in_size, out_size, box).numpy()
 
 

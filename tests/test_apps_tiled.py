@@ -249,4 +249,7 @@ def test_inpaint_with_worker_processes_equals_in_memory(tmp_path):
     got = np.clip(zarr.open_group(str(run_dir / "state.zarr"), mode="r")["s0/x0"][...], -1.0, 1.0)
     np.testing.assert_array_equal(got, expected)
     stored = zarr.open_group(str(run_dir / "hooks.zarr"), mode="r")
-    assert {"level0", "hole", "mask0", "exclude"} <= set(stored.array_keys())
+    # every scale's known image and the hole's support; the hole itself is mask0 and (the reference being the
+    # image) every scale's exclusion: stored once, the other names are aliases
+    assert set(stored.array_keys()) == {"level0", "level1", "level2", "hole", "mask1", "mask2"}
+    assert stored.attrs["aliases"] == {"mask0": "hole", "exclude0": "hole", "exclude1": "mask1", "exclude2": "mask2"}

@@ -40,10 +40,11 @@ def make(composite_path: Path, mask_path: Path, ref_path: Path | None, steps: in
         if plan.out_sizes[0] != tuple(comp.shape[-2:]):
             raise ConfigError("harmonize keeps the composite's size")
         fixed = {s: resize(comp, size) for s, size in enumerate(plan.out_sizes) if s > 0}
+        exclude = None if ref_path is not None else dilate(mask, RADIUS)
         region = Steered(steps, fixed=fixed, sdedit={0: (t0, comp)}, weight=soft_mask(mask, RADIUS, SIGMA), base=comp,
-                         exclude_from=None if ref_path is not None else dilate(mask, RADIUS))
-        if ref_path is None:
-            check_excludable(region, plan.ref_sizes[:1], patch_size)
+                         exclude_from=exclude)
+        if exclude is not None:
+            check_excludable(exclude, plan.ref_sizes[:1], patch_size)
         return region.hooks({"app": "harmonize", "mask": file_digest(mask_path), "start": t0,
                              "composite": file_digest(composite_path)})
 

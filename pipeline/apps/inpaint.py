@@ -9,22 +9,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io.read import load_image
 from ..plan import Plan
 from ..sample.hooks import Hooks
-from .masks import KnownRegion, as_tensor, check_excludable, file_digest, read_mask
+from .masks import ImageFile, KnownRegion, MaskFile, check_excludable, check_mask, file_digest
 
 
 def make(image_path: Path, mask_path: Path, steps: int, patch_size: int) -> Callable[[Plan], Hooks]:
     """Hooks of `sidpipe inpaint IMAGE --mask M` for a plan whose reference is IMAGE."""
 
     def build(plan: Plan) -> Hooks:
-        image = as_tensor(load_image(image_path))
-        hole = read_mask(mask_path, tuple(image.shape[-2:]))
+        # Read by region, never whole: the checks scan the mask band by band (stopping as soon as they can),
+        # and the planes are written chunk by chunk when the run stores or first uses them.
+        image = ImageFile(image_path)
+        hole = MaskFile(mask_path, tuple(image.shape[-2:]))
+        check_mask(hole)
         if plan.out_sizes[0] != tuple(image.shape[-2:]):
             raise ConfigError("inpaint keeps the image's size: do not give --size")
-        region = KnownRegion(image, hole, plan.out_sizes, steps, exclude_from=hole)
-        check_excludable(region, plan.ref_sizes, patch_size)
+        check_excludable(hole, plan.ref_sizes, patch_size)
+        region = KnownRegion(image, hole, plan.out_sizes, steps, exclude_from=hole, exclude_sizes=plan.ref_sizes)
         return region.hooks({"app": "inpaint", "mask": file_digest(mask_path)})
 
     return build

@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from ..errors import ConfigError
-from ..io.read import load_image
 from ..plan import Plan
 from ..sample.hooks import Hooks
-from .masks import KnownRegion, as_tensor
+from .masks import BoxMask, ImageFile, KnownRegion, Placed
 
 
 def placement(ref_hw: tuple[int, int], canvas_hw: tuple[int, int], offset: tuple[int, int] | None) -> tuple[int, int]:
@@ -33,14 +30,11 @@ def make(ref_path: Path, offset: tuple[int, int] | None, steps: int) -> Callable
     """Hooks of `sidpipe outpaint REF --size WxH [--offset x,y]` (the plan's output size is the canvas)."""
 
     def build(plan: Plan) -> Hooks:
-        ref = as_tensor(load_image(ref_path))
+        ref = ImageFile(ref_path)  # read by region when the planes are written, never whole
         c, h, w = ref.shape
         ch, cw = plan.out_sizes[0]
         x, y = placement((h, w), (ch, cw), offset)
-        known = torch.zeros(c, ch, cw)
-        known[:, y:y + h, x:x + w] = ref
-        hole = torch.ones(ch, cw, dtype=torch.bool)
-        hole[y:y + h, x:x + w] = False
+        known, hole = Placed(ref, (ch, cw), (x, y)), BoxMask((ch, cw), (y, y + h, x, x + w))
         return KnownRegion(known, hole, plan.out_sizes, steps).hooks({"app": "outpaint", "offset": [x, y]})
 
     return build
