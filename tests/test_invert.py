@@ -9,7 +9,8 @@ from sidpipe.denoise import PatchDenoiser
 from sidpipe.errors import ConfigError
 from sidpipe.io.read import load_image
 from sidpipe.pyramid import resize
-from sidpipe.sample.invert import invert, noise_level_step, reconstruct
+from sidpipe.sample.invert import invert, reconstruct
+from sidpipe.sample.schedule import noise_level_step
 
 from conftest import DATA
 

@@ -25,7 +25,8 @@ from ..io.read import image_size, load_image
 from ..plan import Plan, make_denoiser
 from ..pyramid import resize
 from ..sample.hooks import Box, Hooks
-from ..sample.invert import invert, noise_level_step
+from ..sample.invert import invert
+from ..sample.schedule import noise_level_step
 from .masks import as_tensor, file_digest
 
 

@@ -32,7 +32,7 @@ from ..io.read import load_image
 from ..plan import Plan
 from ..pyramid import resize
 from ..sample.hooks import Box, Hooks
-from ..sample.invert import noise_level_step
+from ..sample.schedule import noise_level_step
 from .analogy import match_channels
 from .masks import Steered, as_tensor, file_digest
 

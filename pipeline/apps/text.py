@@ -48,8 +48,8 @@ from ..plan import Plan, make_denoiser
 from ..pyramid import reference_pyramid, resize
 from ..sample.c2f import sample_scale
 from ..sample.hooks import Box, Hooks
-from ..sample.invert import invert, noise_level_step
-from ..sample.schedule import alpha_sigma
+from ..sample.invert import invert
+from ..sample.schedule import alpha_sigma, noise_level_step
 from .clip import TEMPLATES_HR, TEMPLATES_LR, Augment, Clip, generator
 from .masks import KnownRegion, as_tensor, dilate, file_digest
 

@@ -35,6 +35,11 @@ def _wrap_blur(wrap: tuple[bool, bool]) -> Callable[[torch.Tensor, tuple[int, in
     return blur_wrap
 
 
+def upsample(x: torch.Tensor, size: tuple[int, int], wrap: tuple[bool, bool]) -> torch.Tensor:
+    """UP of the two-scale blend (and of a warm start): `resize`, wrap-aware along periodic dimensions."""
+    return resize_wrap(x, size, wrap) if any(wrap) else resize(x, size)
+
+
 def _finish(hooks: Hooks, whole: tuple[int, int, int, int], x: torch.Tensor) -> torch.Tensor:
     return hooks.finish(whole, lambda r: x[:, r[0]:r[1], r[2]:r[3]])
 
@@ -81,10 +86,10 @@ def sample_scale(
         coarse = coarse if guide is None else guide
     wrap = (False, False) if hooks is None else hooks.wrap
     if any(wrap):
-        denoise, blur_, resize_ = _periodic(denoise, wrap), _wrap_blur(wrap), lambda im, size: resize_wrap(im, size, wrap)
+        denoise, blur_ = _periodic(denoise, wrap), _wrap_blur(wrap)
     else:
-        blur_, resize_ = blur, resize
-    up = None if coarse is None else resize_(coarse, tuple(x.shape[-2:]))
+        blur_ = blur
+    up = None if coarse is None else upsample(coarse, tuple(x.shape[-2:]), wrap)
     coarse_size = None if coarse is None else tuple(coarse.shape[-2:])
     for t in range(t0, 0, -1):
         alpha, sigma = alpha_sigma(t, steps)
@@ -148,8 +153,7 @@ def sample_coarse_to_fine(
         t0 = start_step(hooks, s, steps, None if coarse is None else warm)
         x = None if hooks is None or hooks.init is None else hooks.init(s, t0, (0, h, 0, w), seed)
         if x is None and coarse is not None and warm is not None and t0 == warm < steps:
-            wrap = (False, False) if hooks is None else hooks.wrap
-            x = warm_state(resize_wrap(coarse, (h, w), wrap) if any(wrap) else resize(coarse, (h, w)),
+            x = warm_state(upsample(coarse, (h, w), (False, False) if hooks is None else hooks.wrap),
                            noise_like((channels, h, w), seed=seed, scale=s, step=t0), t0, steps)
         if x is None:
             if t0 != steps:

@@ -23,7 +23,7 @@ import torch
 
 from ..noise import noise_like
 from .c2f import Denoiser, sample_scale
-from .schedule import alpha_sigma, ddim_invert_step, noise_level_step  # noqa: F401 (apps import it here)
+from .schedule import alpha_sigma, ddim_invert_step, noise_level_step
 
 # Noise key `step` of the inversion's starting noise: no sampling step uses a negative one.
 INVERT_STEP = -1
