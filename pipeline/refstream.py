@@ -33,6 +33,9 @@ from .pyramid import Taps, resize_plan, resize_region
 Progress = Callable[[dict], None]
 
 
+READ_PIXELS = 1 << 20  # most pixels read from a source at once (whole rows), by default
+
+
 class ArrayRegions:
     """A region source over an in-memory (C, H, W) float32 array (for callers that already hold the image)."""
 
@@ -68,7 +71,7 @@ def write_reference_pyramid(
     *,
     chunk: int = 1024,
     max_read: int | None = None,
-    read_pixels: int = 1 << 20,
+    read_pixels: int = READ_PIXELS,
     progress: Progress | None = None,
 ) -> list[zarr.Array]:
     """Write the reference at every size of `sizes` into arrays "0", "1", ... of `group`, streaming.
@@ -119,7 +122,7 @@ def write_reference_pyramid(
 
 
 def write_level(source: RegionSource, array, *, chunk: int = 1024, max_read: int | None = None,
-                read_pixels: int = 1 << 20, post: Callable[[np.ndarray], np.ndarray] | None = None,
+                read_pixels: int = READ_PIXELS, post: Callable[[np.ndarray], np.ndarray] | None = None,
                 skip_zero: bool = False) -> None:
     """Fill `array` (a zarr or numpy array whose last two dimensions are (h, w)) with `source` resized to
     (h, w) (copied if it has that size), one `chunk` x `chunk` block at a time, as `write_reference_pyramid`
@@ -155,7 +158,7 @@ def _write_level(source: RegionSource, array: zarr.Array, scale: int | None, chu
         for cparts in col_parts:
             cx0, cx1 = cparts[0][0], cparts[-1][1]
             if copy:
-                block = _read(source, (cy0, cy1, cx0, cx1), read_pixels)
+                block = read_region(source, (cy0, cy1, cx0, cx1), read_pixels)
             else:
                 block = np.empty((channels, cy1 - cy0, cx1 - cx0), np.float32)
                 for y0, y1 in rparts:
@@ -176,21 +179,26 @@ def _resized(source: RegionSource, in_size: tuple[int, int], out_size: tuple[int
     computing them if `skip_zero` and that rectangle is all zero)."""
     iy0, iy1 = rows.support(box[0], box[1])
     ix0, ix1 = cols.support(box[2], box[3])
-    x = torch.from_numpy(_read(source, (iy0, iy1, ix0, ix1), read_pixels))
+    x = torch.from_numpy(read_region(source, (iy0, iy1, ix0, ix1), read_pixels))
     if skip_zero and not bool(x.any()):
         return np.zeros((x.shape[0], box[1] - box[0], box[3] - box[2]), np.float32)
     return resize_region(x, (iy0, ix0), in_size, out_size, box).numpy()
 
 
-def _read(source: RegionSource, box: tuple[int, int, int, int], read_pixels: int) -> np.ndarray:
+def row_bands(y0: int, y1: int, width: int, read_pixels: int = READ_PIXELS):
+    """Row ranges [b0, b1) covering rows y0:y1, each at most `read_pixels` pixels of `width` (at least one row)."""
+    band = max(1, read_pixels // width)
+    for b0 in range(y0, y1, band):
+        yield b0, min(b0 + band, y1)
+
+
+def read_region(source: RegionSource, box: tuple[int, int, int, int], read_pixels: int = READ_PIXELS) -> np.ndarray:
     """Region `box` (y0, y1, x0, x1) of the source, read in bands of whole rows of at most `read_pixels`."""
     y0, y1, x0, x1 = box
-    band = max(1, read_pixels // (x1 - x0))
-    if y1 - y0 <= band:
+    if y1 - y0 <= max(1, read_pixels // (x1 - x0)):
         return source.read(y0, y1, x0, x1)
     out = np.empty((source.shape[0], y1 - y0, x1 - x0), np.float32)
-    for b0 in range(y0, y1, band):
-        b1 = min(b0 + band, y1)
+    for b0, b1 in row_bands(y0, y1, x1 - x0, read_pixels):
         out[:, b0 - y0:b1 - y0] = source.read(b0, b1, x0, x1)
     return out
 

@@ -16,7 +16,7 @@ from ..errors import ImageError
 from ..io.lazy import open_image
 from ..noise import noise_region
 from ..pyramid import resize, resize_plan, resize_region
-from ..refstream import ArrayRegions, write_level
+from ..refstream import READ_PIXELS, ArrayRegions, read_region, row_bands, write_level
 from ..sample.hooks import Box, Hooks
 from ..sample.schedule import alpha_sigma
 
@@ -66,9 +66,6 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 # reference's sources (`io.lazy.LazyImage`, `refstream.ArrayRegions`) do, so the reference pyramid's writer
 # (`refstream.write_level`) computes every plane and its levels chunk by chunk. A mask source reads 1 (True)
 # or 0 (False) in one channel.
-
-READ_PIXELS = 1 << 20  # most pixels read from a source at once (whole rows) by the scans below
-
 
 class ImageFile:
     """An image file read by region (`io.lazy.open_image`: exactly `load_image`'s values), opened on the first
@@ -171,7 +168,7 @@ class Filled:
                 channels = self.shape[0]
                 sums: list[list[float]] = [[] for _ in range(channels)]
                 count = 0
-                for y0, y1 in bands(self.shape, READ_PIXELS):
+                for y0, y1 in row_bands(0, self.shape[1], self.shape[2]):
                     known = self.hole.read(y0, y1, 0, self.shape[2])[0] < 0.5
                     x = np.where(known[None], self.known.read(y0, y1, 0, self.shape[2]), 0.0)
                     for c in range(channels):
@@ -198,23 +195,6 @@ def close(source) -> None:
         source.close()
 
 
-def bands(shape: tuple[int, ...], read_pixels: int):
-    """Row ranges [y0, y1) of whole rows of at most `read_pixels` pixels (at least one row) covering `shape`."""
-    h, w = shape[-2:]
-    step = max(1, read_pixels // w)
-    for y0 in range(0, h, step):
-        yield y0, min(y0 + step, h)
-
-
-def read_region(source, box: Box) -> np.ndarray:
-    """Rectangle `box` of a source, read in bands of whole rows."""
-    y0, y1, x0, x1 = box
-    out = np.empty((source.shape[0], y1 - y0, x1 - x0), np.float32)
-    for a, b in bands((y1 - y0, x1 - x0), READ_PIXELS):
-        out[:, a:b] = source.read(y0 + a, y0 + b, x0, x1)
-    return out
-
-
 def as_image_source(image):
     """A tensor / array (C, H, W) as a region source; a source as itself."""
     if isinstance(image, (torch.Tensor, np.ndarray)):
@@ -233,7 +213,7 @@ def check_mask(mask) -> None:
     """Refuse an empty or a full mask source, scanning it band by band until it has seen both a True and a
     False pixel (an ordinary mask stops at its first band holding both)."""
     seen_true = seen_false = False
-    for y0, y1 in bands(mask.shape, READ_PIXELS):
+    for y0, y1 in row_bands(0, mask.shape[1], mask.shape[2]):
         m = mask.read(y0, y1, 0, mask.shape[2]) > 0.5
         seen_true, seen_false = seen_true or bool(m.any()), seen_false or not bool(m.all())
         if seen_true and seen_false:
